@@ -1,0 +1,38 @@
+# cityingest: `make run` brings the whole stack up, `make test` runs every check. Both set up first.
+PY := .venv/bin/python
+SRC := core ingest consumers api cli devstack migrations simulator tests bench scripts
+
+.PHONY: setup run test lint typecheck pytest bench bench-ingest bench-consume bench-api clean
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	$(PY) -m cli dev $(ARGS)
+
+test: setup lint typecheck pytest
+
+lint:
+	.venv/bin/ruff check $(SRC)
+	.venv/bin/ruff format --check $(SRC)
+
+typecheck:
+	.venv/bin/mypy
+
+pytest:
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench-ingest: setup
+	$(PY) bench/ingest.py
+
+bench-consume: setup
+	$(PY) bench/consume.py
+
+bench-api: setup
+	$(PY) bench/api.py
+
+bench: setup
+	$(PY) bench/e2e.py
+
+clean:
+	rm -rf .cityingest .mypy_cache .ruff_cache .pytest_cache

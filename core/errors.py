@@ -1,0 +1,51 @@
+"""One flat hierarchy of cityingest errors; callers branch on the class (and ``retriable``), never on text."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class CityIngestError(Exception):
+    """Root of every error cityingest raises on purpose."""
+
+    retriable: ClassVar[bool] = False
+
+
+class ConfigError(CityIngestError):
+    """Settings are missing or invalid; fix the configuration and start again."""
+
+
+class RejectedPayload(CityIngestError):
+    """A device payload or one of its readings is invalid; it is dead-lettered with ``reason``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class EnvelopeError(CityIngestError):
+    """A Kafka record is not a valid readings envelope; it is dead-lettered, never retried."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class MigrationError(CityIngestError):
+    """The database schema cannot be brought up to date (edited migration, missing extension, ...)."""
+
+
+class ServiceUnavailable(CityIngestError):
+    """A dependency (database, Kafka, MQTT broker) cannot be reached right now; try again later."""
+
+    retriable: ClassVar[bool] = True
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The database cannot be reached or lost its connection."""
+
+
+class BrokerUnavailable(ServiceUnavailable):
+    """Kafka or the MQTT broker cannot be reached."""

@@ -1,0 +1,72 @@
+"""Settings shared by every component, read once from ``CITYINGEST_*`` variables (or flags), then frozen.
+
+Each component composes the groups it needs (``class BridgeSettings(KafkaSettings, MqttSettings)``) in
+its own package. Field descriptions double as ``--help`` text for the command-line flags.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.topics import DLQ_TOPIC, MQTT_TOPIC_PREFIX, READINGS_TOPIC
+from core.types import DEFAULT_DOMAINS
+
+ENV_PREFIX = "CITYINGEST_"
+
+
+def split_csv(value: Any) -> Any:
+    """Accept ``a,b,c`` from the environment or a flag as well as a real list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class CitySettings(BaseSettings):
+    """Base of every settings class: env prefix, frozen after validation, unknown variables ignored."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    log_level: str = Field("INFO", description="Python logging level (DEBUG, INFO, WARNING, ...).")
+
+
+class KafkaSettings(CitySettings):
+    """Where Kafka is and which topics carry readings and dead letters."""
+
+    kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers, host:port[,...].")
+    readings_topic: str = Field(READINGS_TOPIC, description="Kafka topic of validated readings.")
+    dlq_topic: str = Field(DLQ_TOPIC, description="Kafka topic of dead-lettered payloads and records.")
+    kafka_partitions: int = Field(
+        6, ge=1, description="Partitions of the readings topic when cityingest creates it."
+    )
+
+
+class DatabaseSettings(CitySettings):
+    """Where the PostgreSQL+TimescaleDB store is."""
+
+    database_url: str = Field(
+        "postgresql://cityingest@localhost:5432/cityingest",
+        description="PostgreSQL DSN of the TimescaleDB store.",
+    )
+
+
+class MqttSettings(CitySettings):
+    """Where the MQTT broker is and how device topics are laid out."""
+
+    mqtt_host: str = Field("localhost", description="MQTT broker host.")
+    mqtt_port: int = Field(1883, ge=1, le=65535, description="MQTT broker port.")
+    mqtt_username: str | None = Field(None, description="MQTT username, if the broker requires one.")
+    mqtt_password: str | None = Field(None, description="MQTT password, if the broker requires one.")
+    mqtt_topic_prefix: str = Field(
+        MQTT_TOPIC_PREFIX, description="First level of device topics: <prefix>/<domain>/<device>/telemetry."
+    )
+    domains: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_DOMAINS, description="Comma-separated domains devices may publish under."
+    )
+
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _split_domains(cls, value: Any) -> Any:
+        return split_csv(value)

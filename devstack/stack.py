@@ -1,0 +1,355 @@
+"""``cityingest dev``: the whole pipeline on this machine, from real services, without Docker.
+
+Start order: PostgreSQL+TimescaleDB, Mosquitto, Tansu; migrations and topics; then the API, the
+consumer(s), the bridge and the simulator as child processes of ours. Stop order is the reverse and
+drains the pipeline: the simulator stops publishing, the bridge forwards what it took, the consumer
+applies what Kafka holds (Tansu keeps records in memory only), then the services stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from devstack.kafka import ensure_topics
+from devstack.lag import forget_offsets, total_lag
+from devstack.mosquitto import MosquittoBroker
+from devstack.postgres import PostgresCluster
+from devstack.process import ChildProcess, ServiceError, free_port, port_is_free
+from devstack.settings import DevSettings
+from migrations import apply_migrations
+
+if TYPE_CHECKING:
+    from devstack.tansu import TansuBroker
+
+log = logging.getLogger(__name__)
+
+DATABASE = "cityingest"
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
+
+
+def _pick_port(settings: DevSettings, name: str, host: str = "127.0.0.1") -> int:
+    """The configured port; when it is only the default and busy, a free one instead."""
+    port: int = getattr(settings, name)
+    if port_is_free(port, host):
+        return port
+    if name in settings.model_fields_set:
+        raise ServiceError(f"port {port} (--{name.replace('_', '-')}) is in use; pick another")
+    chosen = free_port(host)
+    log.warning("default %s %d is busy; using %d", name.replace("_", " "), port, chosen)
+    return chosen
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own loopback URL
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class Component:
+    """A cityingest process the stack supervises (restarted with backoff if it dies)."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    health_url: str | None
+    proc: ChildProcess
+    finished_ok: bool = False
+    """A component that may finish on its own (the simulator with a count) is not restarted after exit 0."""
+    restarts: int = 0
+    next_restart: float = 0.0
+
+
+@dataclass
+class Endpoints:
+    """Where each part of the running stack can be reached."""
+
+    api: str = ""
+    mqtt: str = ""
+    kafka: str = ""
+    database: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class DevStack:
+    """The embedded stack: services, components, and the order they start and stop in."""
+
+    def __init__(self, settings: DevSettings) -> None:
+        self.settings = settings
+        self.state = settings.state_dir.resolve()
+        self.logs = self.state / "logs"
+        self.pg: PostgresCluster | None = None
+        self.mqtt: MosquittoBroker | None = None
+        self.kafka: TansuBroker | None = None
+        self.components: list[Component] = []
+        self.endpoints = Endpoints()
+        self._stopping = False
+
+    # -- services -----------------------------------------------------------------------------
+    def start_services(self) -> None:
+        """Start PostgreSQL+TimescaleDB, Mosquitto and Tansu (blocking; run in a thread)."""
+        from devstack.tansu import TansuBroker
+
+        self.logs.mkdir(parents=True, exist_ok=True)
+        s = self.settings
+        self.pg = PostgresCluster(self.state / "pg", _pick_port(s, "pg_port"))
+        self.pg.start()
+        self.endpoints.database = self.pg.create_database(DATABASE)
+        self.mqtt = MosquittoBroker(self.state / "mosquitto", _pick_port(s, "mqtt_port"))
+        self.mqtt.start()
+        self.endpoints.mqtt = self.mqtt.url
+        self.kafka = TansuBroker(self.logs, _pick_port(s, "kafka_port"))
+        self.kafka.start()
+        self.endpoints.kafka = self.kafka.bootstrap
+
+    async def prepare_store(self) -> None:
+        """Migrate the database and create the topics."""
+        applied = await apply_migrations(self.endpoints.database)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        # Tansu keeps records in memory: this run's topics are new and start at offset 0, so offsets
+        # stored by an earlier run would make the consumer skip this run's first records. Nothing is
+        # lost by forgetting them: the last run drained Kafka into the store before it stopped, and
+        # the store ignores a reading it already holds.
+        await forget_offsets(self.endpoints.database)
+        await ensure_topics(
+            self.endpoints.kafka, {"readings": self.settings.kafka_partitions, "readings.dlq": 1}
+        )
+
+    # -- components ---------------------------------------------------------------------------
+    def _base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "CITYINGEST_DATABASE_URL": self.endpoints.database,
+                "CITYINGEST_KAFKA_BOOTSTRAP": self.endpoints.kafka,
+                "CITYINGEST_KAFKA_IDEMPOTENCE": "false",  # Tansu has no idempotent producer support
+                "CITYINGEST_KAFKA_PARTITIONS": str(self.settings.kafka_partitions),
+                "CITYINGEST_MQTT_HOST": "127.0.0.1",
+                "CITYINGEST_MQTT_PORT": str(self.mqtt.port if self.mqtt else 0),
+                "CITYINGEST_LOG_LEVEL": self.settings.log_level,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    def _add(self, name: str, args: list[str], health_url: str | None, *, finished_ok: bool = False) -> None:
+        env = self._base_env()
+        argv = [sys.executable, "-m", "cli", *args]
+        proc = ChildProcess(name, argv, log_path=self.logs / f"{name}.log", env=env)
+        self.components.append(Component(name, argv, env, health_url, proc, finished_ok))
+
+    def plan_components(self) -> None:
+        """Decide the component processes and their ports."""
+        s = self.settings
+        api_port = _pick_port(s, "api_port", s.api_host)
+        self.endpoints.api = f"http://{s.api_host}:{api_port}"
+        self._add(
+            "api",
+            ["api", "--api-host", s.api_host, "--api-port", str(api_port)],
+            f"{self.endpoints.api}/healthz",
+        )
+        for i in range(s.consumers):
+            port = free_port()
+            name = "consumer" if s.consumers == 1 else f"consumer-{i + 1}"
+            self.endpoints.extra[name] = f"http://127.0.0.1:{port}/metrics"
+            self._add(
+                name,
+                ["consume", "--http-port", str(port), "--consumer-id", name],
+                f"http://127.0.0.1:{port}/healthz",
+            )
+        port = free_port()
+        self.endpoints.extra["bridge"] = f"http://127.0.0.1:{port}/metrics"
+        self._add(
+            "bridge",
+            ["bridge", "--http-port", str(port), "--bridge-id", "dev-bridge"],
+            f"http://127.0.0.1:{port}/healthz",
+        )
+        if s.simulator:
+            self._add(
+                "simulator",
+                [
+                    "simulate",
+                    "--devices",
+                    str(s.simulator_devices),
+                    "--rate",
+                    str(s.simulator_rate),
+                    "--live",
+                ],
+                None,
+                finished_ok=True,
+            )
+
+    async def start_components(self, within_s: float = 60.0) -> None:
+        """Start every component and wait until each answers its health check."""
+        for comp in self.components:
+            comp.proc.start()
+            if comp.health_url is not None:
+                await self._wait_healthy(comp, comp.health_url, within_s)
+
+    async def _wait_healthy(self, comp: Component, url: str, within_s: float) -> None:
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if not comp.proc.alive():
+                raise ServiceError(f"{comp.name} exited during start-up:\n{comp.proc.tail()}")
+            if await asyncio.to_thread(_http_ok, url):
+                return
+            await asyncio.sleep(0.2)
+        raise ServiceError(f"{comp.name} did not become healthy within {within_s:.0f}s:\n{comp.proc.tail()}")
+
+    async def supervise(self) -> None:
+        """Restart any component that dies, with backoff, and keep Tansu's memory bounded; until cancelled."""
+        next_check = time.monotonic() + self.settings.kafka_check_interval_s
+        while True:
+            await asyncio.sleep(0.5)
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + self.settings.kafka_check_interval_s
+                await self._maybe_rotate_kafka()
+            for comp in self.components:
+                code = comp.proc.returncode()
+                if code is None or not comp.proc.proc or (code == 0 and comp.finished_ok):
+                    continue
+                now = time.monotonic()
+                if comp.next_restart == 0.0:
+                    comp.proc.wait_stopped()
+                    delay = RESTART_BACKOFF_S[min(comp.restarts, len(RESTART_BACKOFF_S) - 1)]
+                    comp.next_restart = now + delay
+                    log.error(
+                        "%s exited with %s; restarting in %.0fs (log: %s)",
+                        comp.name,
+                        code,
+                        delay,
+                        comp.proc.log_path,
+                    )
+                elif now >= comp.next_restart:
+                    comp.restarts += 1
+                    comp.next_restart = 0.0
+                    comp.proc = ChildProcess(comp.name, comp.args, log_path=comp.proc.log_path, env=comp.env)
+                    comp.proc.start()
+
+    async def _maybe_rotate_kafka(self) -> None:
+        limit = self.settings.kafka_max_rss_mb
+        if self.kafka is None or limit <= 0 or self.kafka.rss_mb() < limit:
+            return
+        log.info(
+            "Tansu holds %.0f MiB (limit %d): rotating it; MQTT buffers meanwhile", self.kafka.rss_mb(), limit
+        )
+        await self.rotate_kafka()
+
+    async def rotate_kafka(self) -> bool:
+        """Give Tansu fresh, empty topics without losing a reading; False if the drain timed out.
+
+        The bridge stops first (Mosquitto queues new messages for its persistent session), the consumers
+        apply everything Kafka holds, then Tansu restarts on the same port and the components restart.
+        """
+        if self.kafka is None:
+            return False
+        bridges = self._component("bridge")
+        for comp in bridges:
+            await asyncio.to_thread(comp.proc.stop)
+        drained = await self._drain()
+        if drained:
+            consumers = self._component("consumer")
+            for comp in consumers:
+                await asyncio.to_thread(comp.proc.stop)
+            await asyncio.to_thread(self.kafka.stop)
+            await asyncio.to_thread(self.kafka.start)
+            await ensure_topics(
+                self.endpoints.kafka, {"readings": self.settings.kafka_partitions, "readings.dlq": 1}
+            )
+            await forget_offsets(self.endpoints.database)
+            await self._restart(consumers)
+        else:
+            log.warning("the consumers did not catch up; Tansu keeps its records until the next check")
+        await self._restart(bridges)
+        return drained
+
+    async def _restart(self, comps: list[Component]) -> None:
+        for comp in comps:
+            comp.proc = ChildProcess(comp.name, comp.args, log_path=comp.proc.log_path, env=comp.env)
+            comp.proc.start()
+            comp.next_restart = 0.0
+            if comp.health_url is not None:
+                await self._wait_healthy(comp, comp.health_url, 60.0)
+
+    def describe(self) -> str:
+        """Every endpoint the stack started, for the user's own clients."""
+        lines = [
+            "cityingest dev is running. Ctrl-C stops everything.",
+            f"  API         {self.endpoints.api}   docs: {self.endpoints.api}/docs",
+            f"  MQTT        {self.endpoints.mqtt}   publish to city/<domain>/<device_id>/telemetry (QoS 1)",
+            f"  Kafka       {self.endpoints.kafka}   topics: readings "
+            f"({self.settings.kafka_partitions} partitions), readings.dlq",
+            f"  PostgreSQL  {self.endpoints.database}",
+        ]
+        lines += [f"  {name:<11} {url}" for name, url in self.endpoints.extra.items()]
+        lines.append(f"  logs        {self.logs}")
+        return "\n".join(lines)
+
+    # -- stopping -----------------------------------------------------------------------------
+    def _component(self, name: str) -> list[Component]:
+        return [c for c in self.components if c.name == name or c.name.startswith(name + "-")]
+
+    async def stop(self) -> None:
+        """Stop in data-safe order: simulator, bridge, drain, consumers, API, then the services."""
+        for name in ("simulator", "bridge"):
+            for comp in self._component(name):
+                await asyncio.to_thread(comp.proc.stop)
+        await self._drain()
+        for name in ("consumer", "api"):
+            for comp in self._component(name):
+                await asyncio.to_thread(comp.proc.stop)
+        for service in (self.kafka, self.mqtt, self.pg):
+            if service is not None:
+                await asyncio.to_thread(service.stop)
+
+    async def _drain(self) -> bool:
+        """Wait (bounded) until the consumers have applied everything Kafka holds; False on timeout."""
+        if not self._component("consumer") or self.pg is None or self.kafka is None:
+            return True
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        lag: int | None = None
+        while time.monotonic() < deadline:
+            try:
+                lag = await total_lag(self.endpoints.kafka, self.endpoints.database)
+            except ServiceError as exc:
+                log.warning("cannot measure consumer lag: %s", exc)
+                return False
+            if lag <= 0:
+                return True
+            await asyncio.sleep(0.5)
+        log.warning("%s records of readings not yet applied after %.0fs", lag, self.settings.drain_timeout_s)
+        return False
+
+
+async def serve(settings: DevSettings) -> None:
+    """Run the embedded stack until cancelled (SIGINT/SIGTERM), then stop every process it started."""
+    stack = DevStack(settings)
+    starting = asyncio.ensure_future(asyncio.to_thread(stack.start_services))
+    try:
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # A thread cannot be cancelled: let it finish so that stop() sees every service it started.
+            with contextlib.suppress(Exception):
+                await starting
+            raise
+        await stack.prepare_store()
+        stack.plan_components()
+        await stack.start_components()
+        print(stack.describe(), flush=True)
+        await stack.supervise()
+    finally:
+        await asyncio.shield(stack.stop())
+        print("cityingest dev stopped.", flush=True)
