@@ -1,0 +1,238 @@
+"""Throughput of one bridge process, next to the broker's own QoS 1 ceiling, measured in the same run.
+
+Usage: ``.venv/bin/python bench/ingest.py [--messages N] [--packs N] [--publishers P]``
+(behind ``make bench-ingest``).
+
+It starts its own Mosquitto and Tansu (memory storage) on free ports, then for each workload:
+
+1. *ceiling*: ``mosquitto_sub -q 1`` counts N messages that ``mosquitto_pub -q 1 -l`` processes publish;
+   the elapsed time is the broker's QoS 1 ceiling for that payload on this machine;
+2. *bridge*: the same publishers, with one ``python -m ingest`` process subscribed instead; the clock stops
+   when the bridge has acknowledged all N messages, i.e. after Kafka (acks=all) took every reading.
+
+Workloads: single-reading JSON messages, and SenML packs of 50 readings. Targets on a 2-core machine:
+10,000 single-reading messages/s and 150,000 readings/s with packs of 50. Not a test: it prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from devstack.kafka import ensure_topics
+from devstack.mosquitto import MosquittoBroker
+from devstack.process import ChildProcess, free_port
+from devstack.tansu import TansuBroker
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFIX = "bench"
+MAX_LINES_PER_PUBLISHER = 60_000  # mosquitto_pub -l at QoS 1 stops early past 65,535 lines
+
+
+@dataclass(frozen=True)
+class Workload:
+    """N messages of one payload shape, split over publishers (each publishing as its own device)."""
+
+    name: str
+    messages: int
+    readings_per_message: int
+    files: list[tuple[str, Path]]
+    """(topic, file of newline-separated payloads) per publisher process."""
+
+
+def single_payload(i: int) -> dict[str, object]:
+    return {"metric": "water_flow", "value": float(i % 1000), "ts": 1_767_000_000 + i % 86_400}
+
+
+def senml_pack(i: int, device: str, size: int) -> list[dict[str, object]]:
+    base: dict[str, object] = {"bn": f"urn:dev:{device}:", "bt": 1_767_000_000 + i % 86_400, "bu": "V"}
+    return [{**(base if j == 0 else {}), "n": "voltage", "v": 230.0 + j / 10, "t": j} for j in range(size)]
+
+
+def make_workload(name: str, messages: int, publishers: int, pack: int, workdir: Path) -> Workload:
+    """Write each publisher's payload file (one message per line)."""
+    per = -(-messages // publishers)
+    if per > MAX_LINES_PER_PUBLISHER:
+        publishers = -(-messages // MAX_LINES_PER_PUBLISHER)
+        per = -(-messages // publishers)
+    files = []
+    written = 0
+    for p in range(publishers):
+        device = f"{name}-{p}"
+        path = workdir / f"{name}-{p}.lines"
+        count = min(per, messages - written)
+        with path.open("wb") as out:
+            for i in range(written, written + count):
+                doc = single_payload(i) if pack == 1 else senml_pack(i, device, pack)
+                out.write(orjson.dumps(doc) + b"\n")
+        written += count
+        domain = "water" if pack == 1 else "power"
+        files.append((f"{PREFIX}/{domain}/{device}/telemetry", path))
+    return Workload(name, messages, pack, files)
+
+
+def start_publishers(port: int, workload: Workload) -> list[subprocess.Popen[bytes]]:
+    """One ``mosquitto_pub -q 1 -l`` process per payload file."""
+    procs = []
+    for topic, path in workload.files:
+        with path.open("rb") as stdin:
+            procs.append(
+                subprocess.Popen(
+                    ["mosquitto_pub", "-p", str(port), "-q", "1", "-t", topic, "-l"],
+                    stdin=stdin,
+                    stdout=subprocess.DEVNULL,
+                )
+            )
+    return procs
+
+
+def wait_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.wait() != 0:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+
+
+def broker_ceiling(port: int, workload: Workload) -> float:
+    """Messages/s from mosquitto_pub to mosquitto_sub at QoS 1 (both C clients)."""
+    sub = subprocess.Popen(
+        [
+            "mosquitto_sub",
+            "-p",
+            str(port),
+            "-q",
+            "1",
+            "-t",
+            f"{PREFIX}/+/+/telemetry",
+            "-C",
+            str(workload.messages),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)  # let it subscribe
+    start = time.perf_counter()
+    wait_all(start_publishers(port, workload))
+    if sub.wait(timeout=600) != 0:
+        raise RuntimeError("mosquitto_sub failed")
+    return workload.messages / (time.perf_counter() - start)
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {m[1]: float(m[2]) for m in re.finditer(r"^(cityingest_bridge_\w+) ([0-9.e+]+)$", text, re.M)}
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bridge_rate(mqtt_port: int, kafka: str, workload: Workload, workdir: Path) -> tuple[float, float, float]:
+    """(messages/s, readings/s, bridge CPU share) of one bridge process draining the workload."""
+    http_port = free_port()
+    env = {
+        **os.environ,
+        "CITYINGEST_MQTT_PORT": str(mqtt_port),
+        "CITYINGEST_MQTT_HOST": "127.0.0.1",
+        "CITYINGEST_MQTT_TOPIC_PREFIX": PREFIX,
+        "CITYINGEST_KAFKA_BOOTSTRAP": kafka,
+        "CITYINGEST_KAFKA_IDEMPOTENCE": "false",
+        "CITYINGEST_HTTP_PORT": str(http_port),
+        "CITYINGEST_CLIENT_ID": f"bench-{workload.name}",
+        "CITYINGEST_LOG_LEVEL": "WARNING",
+    }
+    bridge = ChildProcess(
+        "bridge",
+        [sys.executable, "-m", "ingest"],
+        log_path=workdir / f"bridge-{workload.name}.log",
+        env=env,
+        cwd=ROOT,
+    )
+    bridge.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not ready(http_port):
+            if time.monotonic() > deadline or not bridge.alive():
+                raise RuntimeError(f"the bridge did not become ready; see {bridge.log_path}")
+            time.sleep(0.1)
+        assert bridge.pid is not None
+        cpu0 = cpu_seconds(bridge.pid)
+        start = time.perf_counter()
+        wait_all(start_publishers(mqtt_port, workload))
+        while (
+            acked := scrape(http_port).get("cityingest_bridge_messages_acked_total", 0)
+        ) < workload.messages:
+            if time.perf_counter() - start > 600:
+                raise RuntimeError(f"only {acked:.0f} of {workload.messages} messages acknowledged")
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - start
+        cpu = cpu_seconds(bridge.pid) - cpu0
+        stats = scrape(http_port)
+        readings = stats["cityingest_bridge_readings_forwarded_total"]
+        if readings != workload.messages * workload.readings_per_message:
+            raise RuntimeError(f"forwarded {readings:.0f} readings, expected more")
+        return workload.messages / elapsed, readings / elapsed, cpu / elapsed
+    finally:
+        bridge.stop()
+
+
+async def make_topics(bootstrap: str) -> None:
+    await ensure_topics(bootstrap, {"readings": 6, "readings.dlq": 1})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--messages", type=int, default=100_000, help="single-reading messages")
+    parser.add_argument("--packs", type=int, default=20_000, help="SenML packs of 50 readings")
+    parser.add_argument("--publishers", type=int, default=2, help="mosquitto_pub processes per workload")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cityingest-bench-") as tmp:
+        workdir = Path(tmp)
+        mosquitto = MosquittoBroker(workdir / "mosquitto", free_port())
+        tansu = TansuBroker(workdir, free_port())
+        mosquitto.start()
+        tansu.start()
+        try:
+            asyncio.run(make_topics(tansu.bootstrap))
+            workloads = [
+                make_workload("single", args.messages, args.publishers, 1, workdir),
+                make_workload("senml50", args.packs, args.publishers, 50, workdir),
+            ]
+            print(f"cityingest bridge benchmark: {os.cpu_count()} CPUs, one bridge process, Tansu (memory)")
+            print(
+                f"{'workload':<10} {'messages':>9} {'ceiling msg/s':>14} {'bridge msg/s':>13} "
+                f"{'readings/s':>11} {'of ceiling':>10} {'bridge CPU':>10}"
+            )
+            for workload in workloads:
+                ceiling = broker_ceiling(mosquitto.port, workload)
+                msgs, readings, cpu = bridge_rate(mosquitto.port, tansu.bootstrap, workload, workdir)
+                print(
+                    f"{workload.name:<10} {workload.messages:>9} {ceiling:>14,.0f} {msgs:>13,.0f} "
+                    f"{readings:>11,.0f} {msgs / ceiling:>10.0%} {cpu:>10.0%}"
+                )
+        finally:
+            tansu.stop()
+            mosquitto.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""One MQTT message -> the Kafka records it becomes (pure: no I/O).
+
+A message becomes the envelope of its valid readings on the readings topic (split into several records
+when it holds more than :data:`MAX_READINGS_PER_RECORD` readings), keyed by device id so a device's
+records share a partition, plus one dead letter per rejection on the dead-letter topic. A rejected whole
+payload becomes a single dead letter carrying the raw payload (cut to ``max_payload_bytes`` when it was too
+large, so the dead letter itself fits in a Kafka record).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Final
+
+from core.deadletter import DeadLetter, encode_dead_letter
+from core.errors import RejectedPayload
+from core.readings import Envelope, encode_envelope
+from core.types import RejectReason
+from ingest.parse import PayloadParser
+
+log = logging.getLogger(__name__)
+
+MAX_READINGS_PER_RECORD: Final = 5_000
+"""Larger envelopes are split so a record stays well under Kafka's default 1 MiB limit."""
+
+
+class Record:
+    """One Kafka record made from an MQTT message, and its delivery state."""
+
+    __slots__ = ("attempts", "failed", "key", "readings", "topic", "value")
+
+    def __init__(self, topic: str, key: bytes | None, value: bytes, readings: int) -> None:
+        self.topic, self.key, self.value, self.readings = topic, key, value, readings
+        self.failed = False
+        self.attempts = 0
+
+
+class RecordMaker:
+    """Builds the records of each message for one bridge; counts rejections by reason."""
+
+    def __init__(
+        self,
+        parser: PayloadParser,
+        *,
+        bridge_id: str,
+        readings_topic: str,
+        dlq_topic: str,
+        max_payload_bytes: int,
+        rejected: Counter[str],
+    ) -> None:
+        self._parser = parser
+        self._bridge_id = bridge_id
+        self._readings_topic = readings_topic
+        self._dlq_topic = dlq_topic
+        self._max_payload_bytes = max_payload_bytes
+        self._rejected = rejected
+
+    def records(self, payload: bytes, topic: str, received_us: int) -> list[Record]:
+        """The records of one message; never raises."""
+        parser = self._parser
+        try:
+            result = parser.parse(payload, topic, received_us)
+        except RejectedPayload as exc:
+            raw, message = payload, exc.message
+            if exc.reason == RejectReason.PAYLOAD_TOO_LARGE:
+                raw = payload[: self._max_payload_bytes]
+                message = f"{message}; the dead letter keeps the first {len(raw)} bytes"
+            return [self.dead_letter(exc.reason, message, topic, raw, received_us, parser.device_of(topic))]
+        except Exception as exc:  # a parser bug must neither stall the bridge nor lose the payload
+            log.exception("parser failed on a message from %s", topic)
+            return [
+                self.dead_letter(RejectReason.INTERNAL_ERROR, repr(exc), topic, payload, received_us, None)
+            ]
+        records = [
+            self.dead_letter(r.reason, r.message, topic, r.item, received_us, result.device_id)
+            for r in result.rejections
+        ]
+        if result.envelope is not None:
+            records[:0] = self.envelope_records(result.envelope)
+        return records
+
+    def envelope_records(self, env: Envelope) -> list[Record]:
+        """The envelope as one record, or several of at most MAX_READINGS_PER_RECORD readings each."""
+        key = env.device_id.encode("utf-8")
+        topic = self._readings_topic
+        if len(env.readings) <= MAX_READINGS_PER_RECORD:
+            return [Record(topic, key, encode_envelope(env), len(env.readings))]
+        records = []
+        for start in range(0, len(env.readings), MAX_READINGS_PER_RECORD):
+            chunk = env.readings[start : start + MAX_READINGS_PER_RECORD]
+            part = Envelope(env.device_id, env.domain, env.bridge_id, env.received_us, chunk)
+            records.append(Record(topic, key, encode_envelope(part), len(chunk)))
+        return records
+
+    def dead_letter(
+        self, reason: str, message: str, topic: str, raw: bytes, received_us: int, device_id: str | None
+    ) -> Record:
+        """A dead-letter record (keyed by device id when known)."""
+        self._rejected[reason] += 1
+        dl = DeadLetter(reason, message, "mqtt", topic, raw, received_us, self._bridge_id, device_id)
+        key = device_id.encode("utf-8") if device_id else None
+        return Record(self._dlq_topic, key, encode_dead_letter(dl), 0)

@@ -1,0 +1,161 @@
+"""Helpers for the bridge's integration tests: a QoS 1 publisher, a topic reader, settings, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+
+from core.deadletter import DeadLetter, decode_dead_letter
+from core.readings import Envelope, decode_envelope
+from ingest.settings import BridgeSettings
+
+
+def bridge_settings(
+    mqtt_host: str, mqtt_port: int, kafka_bootstrap: str, readings: str, dlq: str, prefix: str, **extra: Any
+) -> BridgeSettings:
+    """Settings of a bridge wired to the test's services, on a free HTTP port."""
+    values: dict[str, Any] = {
+        "mqtt_host": mqtt_host,
+        "mqtt_port": mqtt_port,
+        "kafka_bootstrap": kafka_bootstrap,
+        "readings_topic": readings,
+        "dlq_topic": dlq,
+        "mqtt_topic_prefix": prefix,
+        "kafka_idempotence": False,  # Tansu does not implement InitProducerId
+        "http_port": 0,
+        "client_id": f"bridge-{uuid.uuid4().hex[:8]}",
+        "bridge_id": f"b-{uuid.uuid4().hex[:6]}",
+        "kafka_retry_backoff_s": 0.2,
+    }
+    values.update(extra)
+    return BridgeSettings(**values)
+
+
+def publish_all(
+    host: str,
+    port: int,
+    messages: Sequence[tuple[str, bytes]],
+    window: int = 200,
+    properties: Properties | None = None,
+) -> None:
+    """Publish at QoS 1 and return once the broker acknowledged every message (blocking; run in a thread)."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5
+    )
+    client.max_inflight_messages_set(window)
+    client.max_queued_messages_set(0)
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, payload, qos=1, properties=properties) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(timeout=60)
+            if not info.is_published():
+                raise RuntimeError(f"message {info.mid} was not acknowledged by the broker")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def publish_qos0(host: str, port: int, topic: str, payload: bytes) -> None:
+    """Publish one message at QoS 0 (blocking; run in a thread)."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"pub0-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5
+    )
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=0).wait_for_publish(timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def publish(
+    host: str, port: int, messages: Sequence[tuple[str, bytes]], properties: Properties | None = None
+) -> None:
+    """:func:`publish_all` without blocking the event loop (the bridge under test runs on it)."""
+    await asyncio.to_thread(publish_all, host, port, messages, 200, properties)
+
+
+def reading_msg(prefix: str, device: str, value: float, domain: str = "water") -> tuple[str, bytes]:
+    """One single-reading water_flow message whose value identifies it."""
+    body = orjson.dumps({"metric": "water_flow", "value": value, "ts": "2026-01-01T00:00:00Z"})
+    return f"{prefix}/{domain}/{device}/telemetry", body
+
+
+class TopicReader:
+    """Reads a whole topic from the beginning (no consumer group), accumulating what it saw."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.records: list[Any] = []
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+
+    async def __aenter__(self) -> TopicReader:
+        await self._consumer.start()
+        partitions = self._consumer.partitions_for_topic(self.topic)
+        for _ in range(50):
+            if partitions:
+                break
+            await asyncio.sleep(0.1)
+            await self._consumer._client.force_metadata_update()
+            partitions = self._consumer.partitions_for_topic(self.topic)
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions or ())]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def poll(self) -> None:
+        """Fetch what arrived since the last poll."""
+        batches = await self._consumer.getmany(timeout_ms=200, max_records=10_000)
+        for records in batches.values():
+            self.records.extend(records)
+
+    async def until(self, done: Callable[[], bool], within_s: float, what: str) -> None:
+        """Poll until ``done()``; fail with ``what`` after ``within_s`` seconds."""
+        deadline = time.monotonic() + within_s
+        while not done():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; have {len(self.records)} records")
+            await self.poll()
+
+    def envelopes(self) -> list[Envelope]:
+        """Every record decoded as a readings envelope."""
+        return [decode_envelope(r.value) for r in self.records]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Every record decoded as a dead letter."""
+        return [decode_dead_letter(r.value) for r in self.records]
+
+    def values(self) -> list[float]:
+        """Every reading value of every envelope (values identify test messages)."""
+        return [r.value for env in self.envelopes() for r in env.readings]
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool], within_s: float, what: str
+) -> None:
+    """Wait until ``check()`` is true (it may be a coroutine function)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
