@@ -1,0 +1,1 @@
+"""Kafka -> TimescaleDB consumer: applies reading batches exactly once and maintains the rollups."""

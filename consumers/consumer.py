@@ -1,0 +1,467 @@
+"""The Kafka -> TimescaleDB consumer: batches from a consumer group, applied exactly once to the store.
+
+The store holds the offsets (``consumer_offsets``), written in the transaction of the batch they
+belong to; on partition assignment the consumer seeks to them. Kafka commits are made afterwards only
+for lag tools. Undecodable records go to the dead-letter topic; while the database is unavailable the
+consumer pauses its partitions, reports not ready, and retries the same batch with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from consumers.batch import KafkaRecord, PreparedBatch, dead_letter_for, prepare, split_by_partition
+from consumers.http import ProbeServer
+from consumers.maintenance import retention_loop
+from consumers.metrics import ConsumerMetrics
+from consumers.settings import ConsumerSettings
+from consumers.sink import apply_batch, is_data_error, is_store_error, stored_offsets
+from core.catalogue import load_catalogue
+from core.deadletter import DeadLetter, encode_dead_letter
+from core.errors import BrokerUnavailable
+from core.types import RejectReason
+
+log = logging.getLogger(__name__)
+
+"""Dead-letter reason of a record the database refused although it decoded (should never happen)."""
+_REVOKE_WAIT_S = 30.0
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: Consumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._owner._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._owner._on_assigned(set(assigned))
+
+
+class Consumer:
+    """One consumer process of the group: ``async with Consumer(settings) as c: await c.wait()``."""
+
+    def __init__(self, settings: ConsumerSettings) -> None:
+        self.settings = settings
+        self.metrics = ConsumerMetrics()
+        self._counters = sorted(load_catalogue(settings.catalogue_file).counters())
+        self._pool: asyncpg.Pool | None = None
+        self._kafka: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._probe: ProbeServer | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._pending: asyncio.Task[None] | None = None
+        self._side_tasks: list[asyncio.Task[None]] = []
+        self._assigned: set[TopicPartition] = set()
+        self._positions: dict[TopicPartition, int] = {}
+        self._to_commit: dict[TopicPartition, int] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._store_ok = False
+        self._store_down_at = 0.0
+        self._store_warned = False
+        self._store_error: str | None = "no batch applied yet"
+        self._stopped = False
+
+    @property
+    def _k(self) -> AIOKafkaConsumer:
+        if self._kafka is None:
+            raise RuntimeError("the consumer is not started")
+        return self._kafka
+
+    @property
+    def _db(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the consumer is not started")
+        return self._pool
+
+    @property
+    def http_port(self) -> int:
+        """Port of /metrics /healthz /readyz."""
+        if self._probe is None:
+            raise RuntimeError("the consumer is not started")
+        return self._probe.port
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """Ready while started and the store accepts batches."""
+        ready = self._run_task is not None and not self._run_task.done() and self._store_ok
+        return ready, {
+            "store": "ok" if self._store_ok else f"unavailable: {self._store_error}",
+            "partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in self._assigned),
+        }
+
+    async def start(self) -> None:
+        """Connect to the store and Kafka, join the group and start consuming."""
+        s = self.settings
+        try:
+            self._pool = await asyncpg.create_pool(
+                s.database_url,
+                min_size=0,
+                max_size=s.db_pool_size + 1,
+                command_timeout=300,
+                # The batch statement's best plan depends on the batch; a cached generic plan is
+                # several times slower.
+                server_settings={
+                    "plan_cache_mode": "force_custom_plan",
+                    "application_name": f"cityingest-consumer {s.consumer_id}"[:63],
+                },
+            )
+            self._probe = ProbeServer(s.http_host, s.http_port, self.metrics.render, self.readiness)
+            await self._probe.start()
+            self._producer = AIOKafkaProducer(
+                bootstrap_servers=s.kafka_bootstrap,
+                client_id=f"{s.consumer_id}-dlq",
+                acks="all",
+                enable_idempotence=s.kafka_idempotence,
+            )
+            self._kafka = AIOKafkaConsumer(
+                bootstrap_servers=s.kafka_bootstrap,
+                group_id=s.group_id,
+                client_id=s.consumer_id,
+                enable_auto_commit=False,
+                auto_offset_reset=s.auto_offset_reset,
+                max_partition_fetch_bytes=4 * 1024 * 1024,
+                session_timeout_ms=s.kafka_session_timeout_ms,
+                heartbeat_interval_ms=max(100, s.kafka_session_timeout_ms // 5),
+            )
+            self._kafka.subscribe([s.readings_topic], listener=_Rebalance(self))
+            try:
+                await self._producer.start()
+                await self._kafka.start()
+            except KafkaConnectionError as exc:
+                raise BrokerUnavailable(f"cannot reach Kafka at {s.kafka_bootstrap}: {exc}") from exc
+        except BaseException:
+            await self.stop()
+            raise
+        self._run_task = asyncio.create_task(self._run(), name="consumer-run")
+        self._side_tasks = [
+            asyncio.create_task(
+                retention_loop(self._pool, s.retention_days, s.maintenance_interval_s, self.metrics),
+                name="consumer-retention",
+            ),
+            asyncio.create_task(self._commit_loop(), name="consumer-kafka-commit"),
+        ]
+        log.info("consumer %s started in group %s on %s", s.consumer_id, s.group_id, s.readings_topic)
+
+    async def wait(self) -> None:
+        """Run until cancelled; raise if the consume loop died of an unexpected error."""
+        if self._run_task is None:
+            raise RuntimeError("the consumer is not started")
+        await asyncio.shield(self._run_task)
+
+    async def stop(self) -> None:
+        """Leave the group and close every connection; an unfinished batch is rolled back. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await asyncio.shield(self._cleanup())
+
+    async def _cleanup(self) -> None:
+        tasks = [t for t in (self._run_task, *self._side_tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for closer in (
+            self._kafka.stop if self._kafka else None,
+            self._producer.stop if self._producer else None,
+            self._probe.stop if self._probe else None,
+        ):
+            if closer is not None:
+                try:
+                    await asyncio.wait_for(closer(), 10.0)
+                except Exception:
+                    log.warning("error while stopping the consumer", exc_info=True)
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), 5.0)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                self._pool.terminate()
+        log.info("consumer %s stopped", self.settings.consumer_id)
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # -- the consume loop -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        # Two-stage pipeline: batch N+1 is fetched and decoded while batch N is applied; N always
+        # commits before N+1 starts, so a failed batch can never be overtaken by the next one.
+        try:
+            while True:
+                records = await self._fetch()
+                records = [r for r in records if TopicPartition(r.topic, r.partition) in self._assigned]
+                # Decoding is CPU work: in a thread, so that the event loop keeps feeding the
+                # database the batch in flight meanwhile.
+                shards = await asyncio.to_thread(self._prepare, records) if records else []
+                if self._pending is not None:
+                    await self._pending
+                    self._pending = None
+                if shards:
+                    self._idle.clear()
+                    self._pending = asyncio.create_task(self._apply(shards, len(records)))
+                    self._pending.add_done_callback(lambda _: self._idle.set())
+                elif not self._store_ok:
+                    await self._ping_store()
+                self._update_lag()
+        finally:
+            if self._pending is not None:
+                self._pending.cancel()
+                await asyncio.gather(self._pending, return_exceptions=True)
+
+    async def _fetch(self) -> list[KafkaRecord]:
+        """Up to ``batch_max_records`` records, waiting at most ``batch_max_wait_ms`` for them."""
+        loop = asyncio.get_running_loop()
+        limit = self.settings.batch_max_records
+        deadline = loop.time() + self.settings.batch_max_wait_ms / 1000
+        out: list[KafkaRecord] = []
+        while True:
+            remaining = deadline - loop.time()
+            data = await self._k.getmany(
+                timeout_ms=max(0, int(remaining * 1000)), max_records=limit - len(out)
+            )
+            for recs in data.values():
+                out.extend(recs)
+            if len(out) >= limit or remaining <= 0:
+                return out
+
+    def _prepare(self, records: Sequence[KafkaRecord]) -> list[tuple[Sequence[KafkaRecord], PreparedBatch]]:
+        """Decode ``records`` into one prepared batch per group of partitions applied in parallel."""
+        now = _now_us()
+        return [
+            (group, prepare(group, component_id=self.settings.consumer_id, now_us=now))
+            for group in split_by_partition(records, self.settings.db_pool_size)
+        ]
+
+    async def _apply(self, shards: list[tuple[Sequence[KafkaRecord], PreparedBatch]], records: int) -> None:
+        started = time.perf_counter()
+        letters = [dl for _, batch in shards for dl in batch.dead_letters]
+        if letters:
+            # Before the offsets are stored: a crash in between sends them again, never loses them.
+            await self._dead_letter(letters)
+        async with asyncio.TaskGroup() as tg:
+            for group, batch in shards:
+                tg.create_task(self._apply_shard(group, batch))
+        log.debug("applied %s records in %.3f s", records, time.perf_counter() - started)
+
+    async def _apply_shard(self, records: Sequence[KafkaRecord], batch: PreparedBatch) -> None:
+        """Apply one shard, retrying while the store is unavailable; drop partitions revoked meanwhile."""
+        delay = 0.1
+        s = self.settings
+        while True:
+            if any(TopicPartition(*tp) not in self._assigned for tp in batch.offsets):
+                records = [r for r in records if TopicPartition(r.topic, r.partition) in self._assigned]
+                if not records:
+                    return
+                batch = prepare(records, component_id=s.consumer_id, now_us=_now_us())
+            started = time.perf_counter()
+            attempt = time.monotonic()
+            try:
+                async with self._db.acquire() as conn:
+                    applied = await apply_batch(
+                        conn, batch, counters=self._counters, group_id=s.group_id, consumer_id=s.consumer_id
+                    )
+            except Exception as exc:
+                if is_data_error(exc):
+                    await self._apply_rejected(records, batch, exc)
+                    return
+                if not is_store_error(exc):
+                    raise
+                self._store_down(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, s.db_retry_max_s)
+                continue
+            self._store_up(attempt)
+            m = self.metrics
+            m.batch_seconds.observe(time.perf_counter() - started)
+            m.batches.inc()
+            m.records.inc(batch.records)
+            m.readings.inc(batch.readings)
+            m.stored.inc(applied.inserted)
+            m.duplicates.inc(applied.duplicates)
+            m.corrections.inc(applied.corrected)
+            for (topic, partition), offset in batch.offsets.items():
+                tp = TopicPartition(topic, partition)
+                self._positions[tp] = max(offset, self._positions.get(tp, 0))
+                self._to_commit[tp] = self._positions[tp]
+            return
+
+    async def _apply_rejected(
+        self, records: Sequence[KafkaRecord], batch: PreparedBatch, exc: Exception
+    ) -> None:
+        """The database refused the batch's data: find the record(s) at fault, one per transaction."""
+        if len(records) > 1:
+            log.warning("the store refused a batch (%s); applying its %s records singly", exc, len(records))
+            for record in records:
+                one = prepare([record], component_id=self.settings.consumer_id, now_us=_now_us())
+                await self._apply_shard([record], one)
+            return
+        record = records[0]
+        letter = dead_letter_for(
+            record, RejectReason.STORE_REJECTED, f"the store refused the readings: {exc}",
+            component_id=self.settings.consumer_id, now_us=_now_us(),
+        )  # fmt: skip
+        await self._dead_letter([letter])
+        await self._apply_shard([record], PreparedBatch(offsets=dict(batch.offsets), records=1))
+
+    async def _dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        if self._producer is None:
+            raise RuntimeError("the consumer is not started")
+        producer = self._producer
+        delay = 0.1
+        while True:
+            try:
+                futures = [
+                    await producer.send(
+                        self.settings.dlq_topic,
+                        value=encode_dead_letter(dl),
+                        key=dl.device_id.encode() if dl.device_id else None,
+                    )
+                    for dl in letters
+                ]
+                await asyncio.gather(*futures)
+                break
+            except KafkaError as exc:
+                log.warning("cannot write dead letters to %s, retrying: %s", self.settings.dlq_topic, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        for dl in letters:
+            self.metrics.dead_letters.labels(dl.reason).inc()
+            log.warning("dead-lettered record %s (%s): %s", dl.origin, dl.reason, dl.message)
+
+    # -- store health -----------------------------------------------------------------------------
+
+    def _store_down(self, exc: BaseException) -> None:
+        self.metrics.store_errors.inc()
+        self._store_error = f"{type(exc).__name__}: {exc}"
+        if not self._store_warned:
+            self._store_warned = True
+            log.warning("the store is unavailable, pausing consumption: %s", self._store_error)
+        self._store_ok = False
+        self._store_down_at = time.monotonic()
+        self.metrics.store_up.set(0)
+        if self._kafka is not None:
+            self._kafka.pause(*self._kafka.assignment())
+
+    def _store_up(self, attempt_started: float) -> None:
+        # Shards apply in parallel: a batch that began before another one failed proves nothing about
+        # the store now, so only an attempt started after the last failure brings the store back up.
+        if not self._store_ok and attempt_started > self._store_down_at:
+            log.info("the store is available, consuming")
+            self._store_ok = True
+            self._store_warned = False
+            self._store_error = None
+            self.metrics.store_up.set(1)
+            if self._kafka is not None:
+                self._kafka.resume(*self._kafka.paused())
+
+    async def _ping_store(self) -> None:
+        attempt = time.monotonic()
+        try:
+            async with self._db.acquire() as conn:
+                await conn.fetchval("SELECT count(*) FROM consumer_offsets WHERE false")
+        except Exception as exc:
+            if not is_store_error(exc):
+                raise
+            self._store_down(exc)
+            await asyncio.sleep(min(1.0, self.settings.db_retry_max_s))
+        else:
+            self._store_up(attempt)
+
+    # -- rebalancing, lag and Kafka commits -------------------------------------------------------
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._assigned -= revoked
+        # A batch started before the revocation finishes (or drops these partitions) before the
+        # group moves on; if it cannot, the new owner's batches still apply exactly once because
+        # the store serialises them per partition and ignores rows already stored.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), _REVOKE_WAIT_S)
+        for tp in revoked:
+            self._positions.pop(tp, None)
+            self._to_commit.pop(tp, None)
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
+        if revoked:
+            log.info("partitions revoked: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        delay = 0.1
+        stored: dict[TopicPartition, int] = {}
+        while True:
+            try:
+                async with self._db.acquire() as conn:
+                    for topic in {tp.topic for tp in assigned}:
+                        parts = [tp.partition for tp in assigned if tp.topic == topic]
+                        found = await stored_offsets(conn, self.settings.group_id, topic, parts)
+                        stored.update({TopicPartition(topic, p): o for p, o in found.items()})
+                break
+            except Exception as exc:
+                if not is_store_error(exc):
+                    raise
+                self._store_down(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.db_retry_max_s)
+        missing = [tp for tp in assigned if tp not in stored]
+        for tp, offset in stored.items():
+            self._k.seek(tp, offset)
+            self._positions[tp] = offset
+        if missing:
+            if self.settings.auto_offset_reset == "earliest":
+                await self._k.seek_to_beginning(*missing)
+            else:
+                await self._k.seek_to_end(*missing)
+        self._assigned |= assigned
+        if not self._store_ok:
+            self._k.pause(*assigned)
+        log.info(
+            "partitions assigned: %s (stored offsets %s)",
+            sorted(f"{tp.topic}/{tp.partition}" for tp in assigned),
+            {f"{tp.topic}/{tp.partition}": o for tp, o in stored.items()},
+        )
+
+    def _update_lag(self) -> None:
+        for tp in self._assigned:
+            high = self._k.highwater(tp)
+            position = self._positions.get(tp)
+            if high is not None and position is not None:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(high - position, 0))
+
+    async def _commit_loop(self) -> None:
+        """Commit the stored offsets to Kafka too (for lag tools), off the batch path."""
+        while True:
+            await asyncio.sleep(1.0)
+            if not self.settings.commit_to_kafka or not self._to_commit:
+                continue
+            pending, self._to_commit = self._to_commit, {}
+            offsets = {tp: o for tp, o in pending.items() if tp in self._assigned}
+            if not offsets:
+                continue
+            try:
+                await self._k.commit(offsets)
+            except KafkaError as exc:
+                log.debug("Kafka commit skipped (the store holds the offsets): %s", exc)
+
+
+async def serve(settings: ConsumerSettings) -> None:
+    """Run a consumer until cancelled (the CLI cancels on SIGINT/SIGTERM), then stop it cleanly."""
+    async with Consumer(settings) as consumer:
+        await consumer.wait()

@@ -1,0 +1,305 @@
+"""All SQL of the consumer side: apply a batch in one transaction, read stored offsets, retention.
+
+One batch = one transaction that (1) locks the batch's partitions, (2) inserts the raw readings with
+``ON CONFLICT DO NOTHING``, (3) folds only the rows actually inserted into the three rollup tables,
+including reset-aware counter increases and the correction of the reading that follows a late one,
+(4) registers unknown devices and moves first/last seen, and (5) stores the partitions' next offsets.
+Steps 2-5 are one statement of data-modifying CTEs, so they see one snapshot taken after the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from consumers.batch import Partition, PreparedBatch
+from consumers.rollup import FLAGGED_MASK, ROLLUP_TABLES, Level
+
+log = logging.getLogger(__name__)
+
+Conn = asyncpg.Connection | PoolConnectionProxy
+"""A connection, direct or from a pool."""
+
+_WIDTH: Final[dict[Level, str]] = {"hourly": "1 hour", "daily": "1 day", "monthly": "1 month"}
+
+# The partitions of a batch are locked in sorted order, so two consumers briefly owning the same
+# partition during a rebalance apply their batches one after the other and never interleave.
+_LOCK_SQL: Final = """
+SELECT count(pg_advisory_xact_lock(hashtextextended(s.topic || '/' || s.partition::text, 0)))
+FROM (SELECT * FROM unnest($1::text[], $2::int4[]) AS u(topic, partition) ORDER BY 1, 2) AS s
+"""
+
+_ROLLUP_CTE: Final = """
+{level} AS (
+    INSERT INTO {table} AS t (device_id, metric, bucket, count, sum, sum_sq, min, max, flagged,
+                              first_ts, first_value, last_ts, last_value, increase)
+    SELECT device_id, metric, time_bucket('{width}', ts), count(*), sum(value), sum(value * value),
+           min(value), max(value), count(*) FILTER (WHERE flags & $17 <> 0),
+           min(ts), first(value, ts), max(ts), last(value, ts), sum(inc)
+    FROM fresh
+    GROUP BY 1, 2, 3
+    ORDER BY 1, 2, 3
+    ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+        count = t.count + EXCLUDED.count,
+        sum = t.sum + EXCLUDED.sum,
+        sum_sq = t.sum_sq + EXCLUDED.sum_sq,
+        min = LEAST(t.min, EXCLUDED.min),
+        max = GREATEST(t.max, EXCLUDED.max),
+        flagged = t.flagged + EXCLUDED.flagged,
+        first_ts = LEAST(t.first_ts, EXCLUDED.first_ts),
+        first_value = CASE WHEN EXCLUDED.first_ts < t.first_ts THEN EXCLUDED.first_value
+                           ELSE t.first_value END,
+        last_ts = GREATEST(t.last_ts, EXCLUDED.last_ts),
+        last_value = CASE WHEN EXCLUDED.last_ts > t.last_ts THEN EXCLUDED.last_value ELSE t.last_value END,
+        increase = CASE WHEN t.increase IS NULL AND EXCLUDED.increase IS NULL THEN NULL
+                        ELSE coalesce(t.increase, 0) + coalesce(EXCLUDED.increase, 0) END
+)"""
+
+_FIX_CTE: Final = """
+{level} AS (
+    UPDATE {table} AS t SET increase = coalesce(t.increase, 0) + x.delta
+    FROM (SELECT device_id, metric, time_bucket('{width}', ts) AS bucket, sum(delta) AS delta
+          FROM fixes GROUP BY 1, 2, 3) AS x
+    WHERE t.device_id = x.device_id AND t.metric = x.metric AND t.bucket = x.bucket
+)"""
+
+
+def _ctes(template: str) -> str:
+    # Table names and bucket widths are constants of this module, never data.
+    return ",".join(
+        template.format(level=level, table=ROLLUP_TABLES[level], width=_WIDTH[level]) for level in _WIDTH
+    )
+
+
+# $1..$5 readings, $6 counter metrics, $7..$11 devices, $12..$16 offsets, $17 flagged mask.
+_APPLY_SQL: Final = "".join(
+    (
+        """
+WITH src AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::float8[], $5::int2[])
+        AS s(device_id, metric, ts_us, value, flags)
+), ins AS (
+    INSERT INTO readings (device_id, metric, ts, value, flags)
+    SELECT device_id, metric, to_timestamp(0) + ts_us * interval '1 microsecond', value, flags FROM src
+    ON CONFLICT DO NOTHING
+    RETURNING device_id, metric, ts, value, flags
+), cnew AS (
+    SELECT * FROM ins WHERE metric = ANY($6::text[])
+), cspan AS (
+    SELECT device_id, metric, min(ts) AS lo, max(ts) AS hi FROM cnew GROUP BY device_id, metric
+), cwin AS (
+    -- The stored neighbours of the new counter readings: the reading before the earliest new one
+    -- and the one after the latest (this statement's snapshot does not include the new rows).
+    SELECT c.device_id, c.metric,
+        coalesce((SELECT r.ts FROM readings r
+                  WHERE r.device_id = c.device_id AND r.metric = c.metric AND r.ts < c.lo
+                  ORDER BY r.ts DESC LIMIT 1), c.lo) AS lo,
+        coalesce((SELECT r.ts FROM readings r
+                  WHERE r.device_id = c.device_id AND r.metric = c.metric AND r.ts > c.hi
+                  ORDER BY r.ts LIMIT 1), c.hi) AS hi
+    FROM cspan c
+), cold AS (
+    SELECT r.device_id, r.metric, r.ts, r.value
+    FROM cwin w JOIN readings r
+      ON r.device_id = w.device_id AND r.metric = w.metric AND r.ts BETWEEN w.lo AND w.hi
+), cser AS (
+    SELECT device_id, metric, ts, value, flags, true AS is_new FROM cnew
+    UNION ALL
+    SELECT device_id, metric, ts, value, 0::int2, false FROM cold
+), clag AS (
+    SELECT cser.*, lag(value) OVER w AS prev_value, lag(is_new) OVER w AS prev_is_new
+    FROM cser WINDOW w AS (PARTITION BY device_id, metric ORDER BY ts)
+), coldlag AS (
+    SELECT device_id, metric, ts, lag(value) OVER (PARTITION BY device_id, metric ORDER BY ts) AS prev_old
+    FROM cold
+), fresh AS (
+    SELECT device_id, metric, ts, value, flags, NULL::float8 AS inc FROM ins
+    WHERE NOT (metric = ANY($6::text[]))
+    UNION ALL
+    SELECT device_id, metric, ts, value, flags, counter_increase(prev_value, value) FROM clag WHERE is_new
+), fixes AS (
+    -- Stored readings whose predecessor is now a new (late) reading: their increase changes.
+    SELECT c.device_id, c.metric, c.ts,
+           counter_increase(c.prev_value, c.value) - counter_increase(o.prev_old, c.value) AS delta
+    FROM clag c JOIN coldlag o USING (device_id, metric, ts)
+    WHERE NOT c.is_new AND c.prev_is_new
+),""",
+        _ctes(_ROLLUP_CTE),
+        """,
+devs AS (
+    INSERT INTO devices AS d (device_id, domain, first_seen, last_seen, last_reading_at)
+    SELECT u.device_id, u.domain,
+           to_timestamp(0) + u.first_us * interval '1 microsecond',
+           to_timestamp(0) + u.last_us * interval '1 microsecond',
+           to_timestamp(0) + u.reading_us * interval '1 microsecond'
+    FROM unnest($7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[])
+        AS u(device_id, domain, first_us, last_us, reading_us)
+    ORDER BY u.device_id
+    ON CONFLICT (device_id) DO UPDATE SET
+        first_seen = LEAST(d.first_seen, EXCLUDED.first_seen),
+        last_seen = GREATEST(d.last_seen, EXCLUDED.last_seen),
+        last_reading_at = GREATEST(d.last_reading_at, EXCLUDED.last_reading_at)
+    WHERE (LEAST(d.first_seen, EXCLUDED.first_seen), GREATEST(d.last_seen, EXCLUDED.last_seen),
+           GREATEST(d.last_reading_at, EXCLUDED.last_reading_at))
+          IS DISTINCT FROM (d.first_seen, d.last_seen, d.last_reading_at)
+), offs AS (
+    INSERT INTO consumer_offsets AS o (group_id, topic, partition, next_offset, consumer_id, applied_at)
+    SELECT $12, u.topic, u.partition, u.next_offset, $16, now()
+    FROM unnest($13::text[], $14::int4[], $15::int8[]) AS u(topic, partition, next_offset)
+    ON CONFLICT (group_id, topic, partition) DO UPDATE SET
+        -- Never backwards: a consumer finishing a batch after a rebalance must not undo the new owner.
+        next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset),
+        consumer_id = EXCLUDED.consumer_id,
+        applied_at = EXCLUDED.applied_at
+)
+SELECT (SELECT count(*) FROM fresh) AS inserted,
+       (SELECT array_agg(device_id) FROM fixes) AS fix_devices,
+       (SELECT array_agg(metric) FROM fixes) AS fix_metrics,
+       (SELECT array_agg(ts) FROM fixes) AS fix_ts,
+       (SELECT array_agg(delta) FROM fixes) AS fix_deltas
+""",
+    )
+)
+
+_FIX_SQL: Final = "".join(
+    (
+        """
+WITH fixes AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::float8[])
+        AS f(device_id, metric, ts, delta)
+),""",
+        _ctes(_FIX_CTE),
+        "\nSELECT 1",
+    )
+)
+
+_OFFSETS_SQL: Final = """
+SELECT partition, next_offset FROM consumer_offsets
+WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int4[])
+"""
+
+_RETENTION_SQL: Final = """
+SELECT count(*) FROM drop_chunks('readings', older_than => now() - make_interval(secs => $1))
+"""
+_POLICY_SQL: Final = """
+SELECT coalesce((SELECT enabled FROM store_features WHERE name = 'retention_policy'), false)
+"""
+_RETENTION_LOCK: Final = 0x0C171E58  # one retention run at a time across all consumers
+
+_READY_SQL: Final = "SELECT count(*) FROM consumer_offsets WHERE false"
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one applied batch changed."""
+
+    inserted: int
+    """Readings new to the store (folded into the rollups)."""
+    duplicates: int
+    """Readings already stored (retransmissions), including duplicates within the batch."""
+    corrected: int
+    """Stored counter readings whose increase changed because a late reading arrived before them."""
+
+
+def _batch_args(batch: PreparedBatch, counters: Sequence[str], group_id: str, consumer_id: str) -> list[Any]:
+    rows = batch.rows
+    devs = sorted(batch.devices.items())
+    parts = batch.partitions
+    return [
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
+        [r[4] for r in rows],
+        list(counters),
+        [d for d, _ in devs],
+        [s.domain for _, s in devs],
+        [s.first_received_us for _, s in devs],
+        [s.last_received_us for _, s in devs],
+        [s.last_reading_us for _, s in devs],
+        group_id,
+        [t for t, _ in parts],
+        [p for _, p in parts],
+        [batch.offsets[tp] for tp in parts],
+        consumer_id,
+        FLAGGED_MASK,
+    ]
+
+
+async def apply_batch(
+    conn: Conn,
+    batch: PreparedBatch,
+    *,
+    counters: Sequence[str],
+    group_id: str,
+    consumer_id: str,
+) -> Applied:
+    """Apply ``batch`` in one transaction on ``conn``: readings, rollups, devices and offsets, or nothing."""
+    parts = batch.partitions
+    args = _batch_args(batch, counters, group_id, consumer_id)
+    async with conn.transaction():
+        await conn.execute(_LOCK_SQL, [t for t, _ in parts], [p for _, p in parts])
+        row = await conn.fetchrow(_APPLY_SQL, *args)
+        if row is None:  # pragma: no cover - the statement always returns one row
+            raise RuntimeError("the apply statement returned no row")
+        fix_devices: list[str] | None = row["fix_devices"]
+        if fix_devices:
+            await conn.execute(_FIX_SQL, fix_devices, row["fix_metrics"], row["fix_ts"], row["fix_deltas"])
+    inserted = int(row["inserted"])
+    return Applied(inserted, batch.readings - inserted, len(fix_devices or ()))
+
+
+async def stored_offsets(conn: Conn, group_id: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
+    """The next offset to read of each of ``partitions`` that the store has one for."""
+    rows = await conn.fetch(_OFFSETS_SQL, group_id, topic, list(partitions))
+    return {int(r["partition"]): int(r["next_offset"]) for r in rows}
+
+
+async def drop_old_readings(conn: Conn, older_than_s: float) -> int | None:
+    """Drop raw-reading chunks older than ``older_than_s``.
+
+    None when this consumer must not: another consumer is doing it right now, or TimescaleDB's own
+    retention policy is in force (community edition, see migrations/0008_storage_policies.sql).
+    """
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RETENTION_LOCK):
+            return None
+        if await conn.fetchval(_POLICY_SQL):
+            return None
+        return int(await conn.fetchval(_RETENTION_SQL, older_than_s))
+
+
+async def check_ready(conn: Conn) -> None:
+    """Raise unless the store answers and has the consumer's schema."""
+    await conn.fetchval(_READY_SQL)
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether the database refused the batch's *data* (retrying the same data would fail forever)."""
+    return isinstance(
+        exc,
+        asyncpg.DataError | asyncpg.IntegrityConstraintViolationError | asyncpg.ProgramLimitExceededError,
+    )
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means the store is unavailable or refused the batch (as opposed to a bug of ours)."""
+    return isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError | asyncio.TimeoutError)
+
+
+__all__ = [
+    "Applied",
+    "Partition",
+    "apply_batch",
+    "check_ready",
+    "drop_old_readings",
+    "is_data_error",
+    "is_store_error",
+    "stored_offsets",
+]
