@@ -1,0 +1,116 @@
+"""The FastAPI application: one lifespan owns the database pool; ``serve`` runs it under uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from api.metrics import ApiMetrics, MetricsMiddleware
+from api.problems import install_problem_handlers, problem_response
+from api.routes import aggregates, coverage, devices, health, ops, series, statistics
+from api.settings import ApiSettings
+from core.catalogue import load_catalogue
+from core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    """The API application for ``settings``; the pool opens lazily, so it starts while the DB is down."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await asyncpg.create_pool(
+            settings.database_url,
+            min_size=0,
+            max_size=settings.db_pool_size,
+            # Month arithmetic in SQL (interval '1 month') must happen in UTC, whatever the server says.
+            server_settings={"timezone": "UTC"},
+        )
+        app.state.pool = pool
+        try:
+            yield
+        finally:
+            await asyncio.shield(pool.close())
+
+    app = FastAPI(
+        title="cityingest",
+        summary="Smart-city sensor data: metrics for city systems, statistics for NSOs, "
+        "health for operators.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.catalogue = load_catalogue(settings.catalogue_file)
+    app.state.metrics = ApiMetrics()
+    install_problem_handlers(app)
+    _install_store_handlers(app)
+    for module in (health, devices, series, aggregates, statistics, coverage, ops):
+        app.include_router(module.router)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
+
+
+def _install_store_handlers(app: FastAPI) -> None:
+    """A store outage is a 503 that says so; any other failure a 500 problem (and a log with the trace)."""
+
+    async def on_store_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("store unavailable while serving %s: %r", request.url.path, exc)
+        return problem_response(
+            503,
+            "Store unavailable",
+            "the database did not answer; retry shortly (GET /readyz shows when it is back)",
+            request.url.path,
+            {"Retry-After": "5"},
+        )
+
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error serving %s", request.url.path, exc_info=exc)
+        return problem_response(
+            500,
+            "Internal error",
+            "the API failed on this request; the operators have the log",
+            request.url.path,
+        )
+
+    for exc_type in (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError):
+        app.add_exception_handler(exc_type, on_store_down)
+    app.add_exception_handler(Exception, on_error)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the ``cityingest`` CLI owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: ApiSettings) -> None:
+    """Serve the API until cancelled, then finish in-flight requests and close the pool."""
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await task
+        raise
+    except SystemExit:
+        # uvicorn exits the process when it cannot bind; say why instead.
+        raise ConfigError(f"the API cannot listen on {settings.api_host}:{settings.api_port}") from None

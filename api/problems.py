@@ -1,0 +1,68 @@
+"""RFC 9457 problem details: every error the API returns says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(Exception):
+    """An error answered as ``application/problem+json``."""
+
+    def __init__(
+        self, status: int, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.headers = headers
+        self.extra = extra
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    instance: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """A problem+json response."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "instance": instance}
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Answer our own, FastAPI's validation and Starlette's HTTP errors as problem+json."""
+
+    async def on_problem(request: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, Problem):
+            raise exc
+        return problem_response(exc.status, exc.title, exc.detail, request.url.path, exc.headers, **exc.extra)
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, RequestValidationError):
+            raise exc
+        errors = [
+            {"location": ".".join(str(p) for p in err["loc"]), "message": err["msg"]} for err in exc.errors()
+        ]
+        detail = "; ".join(f"{e['location']}: {e['message']}" for e in errors)
+        return problem_response(422, "Invalid request", detail, request.url.path, errors=errors)
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, StarletteHTTPException):
+            raise exc
+        headers = dict(exc.headers) if exc.headers else None
+        return problem_response(exc.status_code, str(exc.detail), str(exc.detail), request.url.path, headers)
+
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)

@@ -1,0 +1,145 @@
+"""``/v1/statistics/monthly``: monthly figures for statisticians as JSON, CSV or SDMX-CSV."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from api import report_queries
+from api.auth import Principal, Scope, require
+from api.deps import CatalogueDep, PoolDep, SettingsDep, metric_spec
+from api.export import to_csv
+from api.pagination import Cursor, Limit, Page, decode_cursor, page_of
+from api.problems import Problem
+from api.routes.aggregates import parse_group_by
+from api.sdmx import to_sdmx_csv
+from api.statistics import Cell, month_range, parse_month, shape_cell
+from core.types import Provenance
+
+router = APIRouter(prefix="/v1/statistics", tags=["statistics"])
+Reader = Annotated[Principal, Depends(require(Scope.STATISTICS_READ))]
+Month = Annotated[str, Query(min_length=7, max_length=7, description="YYYY-MM (UTC calendar month).")]
+
+COMPLETENESS_RULE = (
+    "completeness = readings_received / readings_expected; readings_expected sums, over devices whose "
+    "domain is one of the metric's catalogue domains, that have an expected_interval_s, are not inactive "
+    "and were registered before the month's end, the seconds from max(month start, registered_at) to "
+    "min(month end, now) divided by expected_interval_s; readings_received counts those devices' readings. "
+    "Devices without an interval count in devices_without_interval only."
+)
+
+
+class StatisticsCell(BaseModel):
+    """One cell: a month and one value of each breakdown (`_T` = not broken down, null = unknown)."""
+
+    period: str
+    district: str | None
+    domain: str | None
+    provenance: str | None
+    devices_reporting: int
+    readings: int
+    mean: float | None
+    min: float | None
+    max: float | None
+    total_consumption: float | None = Field(description="Counters only: sum of increases.")
+    flagged: int
+    devices_expected: int
+    readings_expected: float
+    readings_received: int
+    completeness: float | None
+    devices_without_interval: int
+    obs_status: Literal["A", "Q", "O"] = Field(description="A normal, Q suppressed (< k devices), O no data.")
+    suppressed: bool
+
+
+class StatisticsPage(Page[StatisticsCell]):
+    """A page of monthly statistics of one metric."""
+
+    metric: str
+    unit: str
+    kind: str
+    by: list[str]
+    suppression_k: int
+    completeness_rule: str
+
+
+def _cell_out(cell: Cell) -> StatisticsCell:
+    return StatisticsCell(**asdict(cell), suppressed=cell.suppressed)
+
+
+@router.get(
+    "/monthly",
+    response_model=StatisticsPage,
+    responses={200: {"content": {"text/csv": {}, "application/vnd.sdmx.data+csv; version=1.0.0": {}}}},
+)
+async def monthly(
+    pool: PoolDep,
+    settings: SettingsDep,
+    catalogue: CatalogueDep,
+    _: Reader,
+    metric: Annotated[str, Query(min_length=1, max_length=200)],
+    start: Month,
+    end: Month,
+    by: Annotated[str | None, Query(max_length=100, description="district,domain,provenance")] = None,
+    district: Annotated[str | None, Query(max_length=100)] = None,
+    domain: Annotated[str | None, Query(max_length=100)] = None,
+    provenance: Provenance | None = None,
+    format: Literal["json", "csv", "sdmx-csv"] = "json",
+    limit: Limit = 1000,
+    cursor: Cursor = None,
+) -> StatisticsPage | Response:
+    """Monthly cells of ``metric`` from ``start`` to ``end`` (inclusive), small cells suppressed.
+
+    JSON is paged; CSV and SDMX-CSV are the whole table in one file.
+    """
+    spec = metric_spec(catalogue, metric)
+    try:
+        months = month_range(parse_month(start), parse_month(end), settings.max_months)
+    except ValueError as exc:
+        raise Problem(400, "Bad month range", str(exc), parameter="start") from None
+    groups = parse_group_by(by)
+    rows = await report_queries.monthly_statistics(
+        pool, metric, months, datetime.now(UTC), spec.domains, groups, [district, domain, provenance]
+    )
+    cells = [shape_cell(dict(r.items()), spec, groups, settings.suppression_k) for r in rows]
+    if format == "csv":
+        return Response(
+            to_csv(cells), media_type="text/csv; charset=utf-8", headers=_attachment(metric, "csv")
+        )
+    if format == "sdmx-csv":
+        return Response(
+            to_sdmx_csv(cells, spec),
+            media_type="application/vnd.sdmx.data+csv; version=1.0.0; charset=utf-8",
+            headers=_attachment(metric, "sdmx.csv"),
+        )
+    start_at = 0
+    if cursor:
+        start_at = _resume(decode_cursor("statistics", cursor, 1)[0], len(cells))
+    items = [_cell_out(c) for c in cells[start_at : start_at + limit + 1]]
+    page = page_of(items, limit, "statistics", lambda _c: [start_at + limit])
+    return StatisticsPage(
+        items=page.items,
+        next_cursor=page.next_cursor,
+        metric=metric,
+        unit=spec.unit,
+        kind=spec.kind,
+        by=list(groups),
+        suppression_k=settings.suppression_k,
+        completeness_rule=COMPLETENESS_RULE,
+    )
+
+
+def _resume(position: object, total: int) -> int:
+    # The table is computed whole (it is small: months x groups), so the key is the position.
+    if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position <= total:
+        raise Problem(400, "Invalid cursor", "pass the `next_cursor` of the previous page unchanged")
+    return position
+
+
+def _attachment(metric: str, ext: str) -> dict[str, str]:
+    return {"Content-Disposition": f'attachment; filename="{metric}-monthly.{ext}"'}

@@ -1,0 +1,162 @@
+"""Monthly statistics without I/O: month ranges, completeness, disclosure control and cell shaping.
+
+Completeness of a cell (a month and one value of each requested breakdown) for metric ``m``::
+
+    expected = sum, over the cell's *expected devices*, of
+               seconds from max(month start, registered_at) to min(month end, now) / expected_interval_s
+    received = readings of ``m`` from those same devices in that month (monthly rollups)
+    completeness = received / expected        (null when expected is 0; may exceed 1 if a device
+                                               reports more often than registered)
+
+A device is *expected* to report ``m`` in a month when its domain is one of ``m``'s catalogue domains
+(any domain if the catalogue lists none), it has an ``expected_interval_s``, its status is not
+``inactive``, and it was registered before the end of the month (and before now). Devices without an
+interval cannot be held to a schedule: they count towards the figures when they report but not towards
+completeness, and are counted in ``devices_without_interval``.
+
+Statistical disclosure control: a cell with fewer than ``k`` reporting devices keeps its counts but
+loses its values (mean, min, max, total consumption), with status ``Q`` (SDMX OBS_STATUS "missing
+value; suppressed"). A cell where no device reported has status ``O`` (missing value). Others ``A``.
+Only primary suppression is applied: totals are not published next to the cells, but a caller who
+requests two breakdowns can still difference them (documented limitation).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Final, Literal
+
+from core.catalogue import MetricSpec
+
+ObsStatus = Literal["A", "Q", "O"]
+TOTAL: Final = "_T"
+"""Value of a breakdown the caller did not ask for (SDMX: total)."""
+BREAKDOWNS: Final = ("district", "domain", "provenance")
+_MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+
+
+def parse_month(text: str) -> date:
+    """``YYYY-MM`` -> the first day of that month; ValueError otherwise."""
+    match = _MONTH.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a month: write YYYY-MM, e.g. 2024-03")
+    year = int(match.group(1))
+    if year < 1970:
+        raise ValueError(f"{text!r} is before 1970")
+    return date(year, int(match.group(2)), 1)
+
+
+def next_month(month: date) -> date:
+    """The first day of the month after ``month``."""
+    return date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def month_range(start: date, end: date, max_months: int) -> list[tuple[datetime, datetime]]:
+    """``(start, end)`` UTC instants of each month from ``start`` to ``end`` inclusive."""
+    if end < start:
+        raise ValueError(f"end {end:%Y-%m} is before start {start:%Y-%m}: swap them")
+    months: list[tuple[datetime, datetime]] = []
+    month = start
+    while month <= end:
+        if len(months) == max_months:
+            raise ValueError(f"{start:%Y-%m}..{end:%Y-%m} spans more than {max_months} months: split it")
+        following = next_month(month)
+        months.append((_instant(month), _instant(following)))
+        month = following
+    return months
+
+
+def _instant(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def expected_readings(
+    registered_at: datetime, interval_s: float, month_start: datetime, month_end: datetime, now: datetime
+) -> float:
+    """Readings one device owes in a month: its registered share of the month (up to now) / interval."""
+    begin = max(month_start, registered_at)
+    finish = min(month_end, now)
+    return max(0.0, (finish - begin).total_seconds()) / interval_s
+
+
+def completeness(received: int, expected: float) -> float | None:
+    """``received / expected``, or None when nothing was expected."""
+    return received / expected if expected > 0 else None
+
+
+def obs_status(devices_reporting: int, k: int) -> ObsStatus:
+    """A normal, Q suppressed (fewer than ``k`` devices), O no data."""
+    if devices_reporting == 0:
+        return "O"
+    return "Q" if devices_reporting < k else "A"
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One published statistics cell; values are None when suppressed or missing."""
+
+    period: str
+    district: str | None
+    domain: str | None
+    provenance: str | None
+    devices_reporting: int
+    readings: int
+    mean: float | None
+    min: float | None
+    max: float | None
+    total_consumption: float | None
+    flagged: int
+    devices_expected: int
+    readings_expected: float
+    readings_received: int
+    completeness: float | None
+    devices_without_interval: int
+    obs_status: ObsStatus
+
+    @property
+    def suppressed(self) -> bool:
+        """Whether disclosure control removed this cell's values."""
+        return self.obs_status == "Q"
+
+
+def shape_cell(row: Mapping[str, Any], spec: MetricSpec, by: Sequence[str], k: int) -> Cell:
+    """A :class:`Cell` from one aggregated row (keys as in ``api.report_queries``), suppressed as needed."""
+    reporting = int(row["devices_reporting"] or 0)
+    readings = int(row["readings"] or 0)
+    status = obs_status(reporting, k)
+    publish = status == "A"
+    total = row["total"]
+    expected = float(row["expected"] or 0.0)
+    received = int(row["received"] or 0)
+    dims = {name: (row[name] if name in by else TOTAL) for name in BREAKDOWNS}
+    return Cell(
+        period=f"{row['period'].astimezone(UTC):%Y-%m}",
+        district=dims["district"],
+        domain=dims["domain"],
+        provenance=dims["provenance"],
+        devices_reporting=reporting,
+        readings=readings,
+        mean=total / readings if publish and readings else None,
+        min=row["min"] if publish else None,
+        max=row["max"] if publish else None,
+        total_consumption=(row["increase"] or 0.0) if publish and spec.kind == "counter" else None,
+        flagged=int(row["flagged"] or 0),
+        devices_expected=int(row["devices_expected"] or 0),
+        readings_expected=expected,
+        readings_received=received,
+        completeness=completeness(received, expected),
+        devices_without_interval=int(row["devices_without_interval"] or 0),
+        obs_status=status,
+    )
+
+
+def missing_metrics(
+    domains: Sequence[str], reported: Sequence[str], specs: Sequence[MetricSpec]
+) -> list[str]:
+    """Catalogue metrics a district's registered devices could report (by domain) but none did."""
+    got = set(reported)
+    wanted = {s.name for s in specs if any(d in s.domains for d in domains) or (not s.domains and domains)}
+    return sorted(wanted - got)
