@@ -30,6 +30,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, model: type[BaseSettings
     for name, field in model.model_fields.items():
         flag = "--" + name.replace("_", "-")
         default = field.default
+        if field.default_factory is not None:
+            default = "computed at start"
         if isinstance(default, tuple):
             default = ",".join(str(d) for d in default)
         text = f"{field.description or ''} (env {ENV_PREFIX}{name.upper()}; default: {default})"

@@ -1,4 +1,4 @@
-"""``cityingest <command>``: dev, bridge, consume, api, migrate, simulate.
+"""``cityingest <command>``: dev, bridge, consume, api, migrate, simulate, apikey.
 
 Each command reads its settings from ``CITYINGEST_*`` variables and from flags (flags win), runs
 until it is done or receives SIGINT/SIGTERM, and then shuts down cleanly.
@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic_settings import BaseSettings
 
+from cli import apikey
 from cli.flags import add_settings_flags, settings_from_args
 from core.errors import CityIngestError
 
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         add_settings_flags(p, _load(command.settings))
         p.set_defaults(command_spec=command)
+    apikey.add_parser(sub)
     return parser
 
 
@@ -129,6 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cityingest`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "apikey":
+        logging.basicConfig(level="WARNING", stream=sys.stderr)
+        try:
+            asyncio.run(args.apikey_handler(args))
+        except CityIngestError as exc:
+            print(f"cityingest apikey: {exc}", file=sys.stderr)
+            return 1
+        return 0
     command: Command = args.command_spec
     try:
         settings = settings_from_args(_load(command.settings), args)

@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Final
 
@@ -154,14 +155,21 @@ class PostgresCluster:
             raise ServiceError(f"PostgreSQL did not start: {exc}\n{self._proc.tail()}") from None
 
     def _wait_ready(self, timeout: float) -> None:
-        result = subprocess.run(
-            [str(PG_BIN / "pg_isready"), "-h", self.host, "-p", str(self.port), "-t", str(int(timeout))],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise ServiceError(f"pg_isready: {result.stdout.strip()}")
+        # The port opens before recovery ends: pg_isready answers "rejecting connections" (exit 1)
+        # until the server accepts them, so ask again until the deadline.
+        deadline = time.monotonic() + timeout
+        while True:
+            result = subprocess.run(
+                [str(PG_BIN / "pg_isready"), "-h", self.host, "-p", str(self.port), "-t", "5"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode == 0:
+                return
+            if time.monotonic() >= deadline or (self._proc is not None and not self._proc.alive()):
+                raise ServiceError(f"pg_isready: {result.stdout.strip()}")
+            time.sleep(0.1)
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run one SQL statement through psql and return its unaligned output."""

@@ -136,7 +136,7 @@ class ChildProcess:
             cwd=self.cwd,
             process_group=0,
             **drop_privileges(self.user),
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent,  # only prctl(): safe between fork and exec
         )
 
     @property

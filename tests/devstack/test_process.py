@@ -17,7 +17,8 @@ SCRIPT = """
 import sys, time
 from pathlib import Path
 from devstack.process import ChildProcess
-child = ChildProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(120)"], log_path=Path(sys.argv[1]))
+argv = [sys.executable, "-c", "import time; time.sleep(120)"]
+child = ChildProcess("sleeper", argv, log_path=Path(sys.argv[1]))
 child.start()
 print(child.pid, flush=True)
 time.sleep(120)
@@ -51,7 +52,10 @@ def test_child_dies_when_parent_is_killed(tmp_path: Path) -> None:
 
 def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
     # A child that ignores SIGTERM is killed after the timeout, together with its process group.
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('up', flush=True); time.sleep(60)"
+    )
     child = ChildProcess("stubborn", [sys.executable, "-c", code], log_path=tmp_path / "s.log")
     child.start()
     deadline = time.monotonic() + 10

@@ -6,9 +6,11 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from devstack.process import free_port, port_is_free
+from devstack.process import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -81,6 +83,15 @@ def _processes_mentioning(needle: str) -> list[str]:
     return found
 
 
+def _listening(port: int) -> bool:
+    # Connections in TIME_WAIT keep a port from being bound for a while; what matters is that nothing listens.
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def _get(url: str) -> int:
     with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback test URL
         return int(response.status)
@@ -126,6 +137,16 @@ def test_dev_stack_runs_end_to_end_and_stops_cleanly(state_dir: Path) -> None:
     assert _get(f"{api}/healthz") == 200
     assert _get(f"{api}/readyz") == 200
     assert _get(f"{api}/docs") == 200
+    key = re.search(r"API key\s+(\S+)", out)
+    assert key, out
+    auth = {"Authorization": f"Bearer {key.group(1)}"}
+    request = urllib.request.Request(f"{api}/v1/devices", headers=auth)  # noqa: S310 - loopback test URL
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback test URL
+        assert response.status == 200
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        _get(f"{api}/v1/devices")
+    denied.value.close()
+    assert denied.value.code == 401
 
     # The simulator's readings travel MQTT -> bridge -> Kafka -> consumer -> TimescaleDB.
     dsn = run.dsn
@@ -159,7 +180,7 @@ def test_dev_stack_runs_end_to_end_and_stops_cleanly(state_dir: Path) -> None:
     assert "cityingest dev stopped." in run.text()
     assert _processes_mentioning(str(state_dir)) == []
     for port in run.ports.values():
-        assert port_is_free(port), f"port {port} still in use after stop"
+        assert not _listening(port), f"something still listens on port {port} after stop"
 
     # A second run reuses the data of the first: nothing acknowledged was lost on the way out.
     second = DevRun(state_dir, "--no-simulator")
