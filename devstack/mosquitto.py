@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 from typing import Final
 
-from devstack.process import ChildProcess, ServiceError, chown_tree, service_user, wait_for_port
+from devstack.process import ChildProcess, ServiceError, chown_tree, service_user
 
 MOSQUITTO: Final = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -70,13 +70,7 @@ class MosquittoBroker:
             log_path=self.state_dir / "mosquitto.log",
             user=self.os_user,
         )
-        self._proc.start()
-        try:
-            wait_for_port(self.host, self.port, timeout, self._proc.alive)
-        except ServiceError as exc:
-            self._proc.kill()
-            self._proc.wait_stopped()
-            raise ServiceError(f"mosquitto did not start: {exc}\n{self._proc.tail()}") from None
+        self._proc.start_listening(self.host, self.port, timeout)
 
     def running(self) -> bool:
         """Whether the broker process runs."""

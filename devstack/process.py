@@ -198,6 +198,16 @@ class ChildProcess:
             pass
         return 0.0
 
+    def start_listening(self, host: str, port: int, timeout: float) -> None:
+        """Start the process and wait until it listens on ``host:port``; on failure kill it and say why."""
+        self.start()
+        try:
+            wait_for_port(host, port, timeout, self.alive)
+        except ServiceError as exc:
+            self.kill()
+            self.wait_stopped()
+            raise ServiceError(f"{self.name} did not start: {exc}\n{self.tail()}") from None
+
     def tail(self, lines: int = 30) -> str:
         """The last lines of the process's log, for error messages."""
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from devstack.process import ChildProcess, ServiceError, wait_for_port
+from devstack.process import ChildProcess, ServiceError
 
 
 def tansu_binary() -> str:
@@ -53,13 +53,7 @@ class TansuBroker:
             ],
             log_path=self.log_dir / "tansu.log",
         )
-        self._proc.start()
-        try:
-            wait_for_port(self.host, self.port, timeout, self._proc.alive)
-        except ServiceError as exc:
-            self._proc.kill()
-            self._proc.wait_stopped()
-            raise ServiceError(f"Tansu did not start: {exc}\n{self._proc.tail()}") from None
+        self._proc.start_listening(self.host, self.port, timeout)
 
     def rss_mb(self) -> float:
         """Memory the broker holds (every record stays in memory)."""
