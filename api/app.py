@@ -80,8 +80,21 @@ def _install_store_handlers(app: FastAPI) -> None:
             request.url.path,
         )
 
+    async def on_unstorable_text(request: Request, exc: Exception) -> JSONResponse:
+        # PostgreSQL text cannot hold NUL (U+0000): whichever parameter or field carried one, it is the
+        # client's input, not our failure.
+        return problem_response(
+            422,
+            "Invalid text",
+            f"a text parameter or field holds a character the store cannot keep ({exc}); "
+            "remove NUL (U+0000) characters and send valid UTF-8",
+            request.url.path,
+        )
+
     for exc_type in (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError):
         app.add_exception_handler(exc_type, on_store_down)
+    for text_error in (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError):
+        app.add_exception_handler(text_error, on_unstorable_text)
     app.add_exception_handler(Exception, on_error)
 
 

@@ -285,3 +285,15 @@ async def test_devices_register_list_and_latest(
     assert {m["metric"]: (ts(m["time"]), m["value"]) for m in latest["metrics"]} == last
     missing = await client.get("/v1/devices/ghost/latest", headers=auth)
     assert missing.status_code == 404
+
+
+async def test_nul_characters_are_client_errors(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    # PostgreSQL text cannot hold U+0000: a query parameter or a body field with one is the caller's
+    # mistake (422 problem), never a 500. Found by the schemathesis run.
+    listing = await client.get("/v1/devices", params={"district": "a\x00b"}, headers=auth)
+    assert listing.status_code == 422, listing.text
+    assert listing.headers["content-type"] == "application/problem+json"
+    assert "NUL" in listing.json()["detail"]
+    put = await client.put("/v1/devices/nul-1", headers=auth, json={"domain": "power", "site": "x\x00y"})
+    assert put.status_code == 422, put.text
+    assert put.headers["content-type"] == "application/problem+json"
