@@ -66,6 +66,8 @@ class Consumer:
         self._pending: asyncio.Task[None] | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
         self._assigned: set[TopicPartition] = set()
+        self._generation = 0
+        """Bumped whenever partitions are assigned (and sought): records fetched before are stale."""
         self._positions: dict[TopicPartition, int] = {}
         self._to_commit: dict[TopicPartition, int] = {}
         self._idle = asyncio.Event()
@@ -208,6 +210,7 @@ class Consumer:
         try:
             while True:
                 records = await self._fetch()
+                generation = self._generation
                 records = [r for r in records if TopicPartition(r.topic, r.partition) in self._assigned]
                 # Decoding is CPU work: in a thread, so that the event loop keeps feeding the
                 # database the batch in flight meanwhile.
@@ -217,7 +220,7 @@ class Consumer:
                     self._pending = None
                 if shards:
                     self._idle.clear()
-                    self._pending = asyncio.create_task(self._apply(shards, len(records)))
+                    self._pending = asyncio.create_task(self._apply(shards, len(records), generation))
                     self._pending.add_done_callback(lambda _: self._idle.set())
                 elif not self._store_ok:
                     await self._ping_store()
@@ -235,9 +238,16 @@ class Consumer:
         out: list[KafkaRecord] = []
         while True:
             remaining = deadline - loop.time()
+            generation = self._generation
             data = await self._k.getmany(
                 timeout_ms=max(0, int(remaining * 1000)), max_records=limit - len(out)
             )
+            if self._generation != generation:
+                # Partitions were assigned and sought to the stored offsets meanwhile: what was
+                # gathered before came from the positions the seeks replaced (e.g. the reset to the
+                # earliest offset before the stored ones were read); applying it would apply later
+                # records before earlier ones. The fetcher delivers from the new positions on.
+                out.clear()
             for recs in data.values():
                 out.extend(recs)
             if len(out) >= limit or remaining <= 0:
@@ -251,7 +261,9 @@ class Consumer:
             for group in split_by_partition(records, self.settings.db_pool_size)
         ]
 
-    async def _apply(self, shards: list[tuple[Sequence[KafkaRecord], PreparedBatch]], records: int) -> None:
+    async def _apply(
+        self, shards: list[tuple[Sequence[KafkaRecord], PreparedBatch]], records: int, generation: int
+    ) -> None:
         started = time.perf_counter()
         letters = [dl for _, batch in shards for dl in batch.dead_letters]
         if letters:
@@ -259,14 +271,20 @@ class Consumer:
             await self._dead_letter(letters)
         async with asyncio.TaskGroup() as tg:
             for group, batch in shards:
-                tg.create_task(self._apply_shard(group, batch))
+                tg.create_task(self._apply_shard(group, batch, generation))
         log.debug("applied %s records in %.3f s", records, time.perf_counter() - started)
 
-    async def _apply_shard(self, records: Sequence[KafkaRecord], batch: PreparedBatch) -> None:
+    async def _apply_shard(
+        self, records: Sequence[KafkaRecord], batch: PreparedBatch, generation: int
+    ) -> None:
         """Apply one shard, retrying while the store is unavailable; drop partitions revoked meanwhile."""
         delay = 0.1
         s = self.settings
         while True:
+            if generation != self._generation:
+                # Fetched before the partitions were (re)assigned and sought to the stored offsets:
+                # the fetcher reads them again from there, in order.
+                return
             if any(TopicPartition(*tp) not in self._assigned for tp in batch.offsets):
                 records = [r for r in records if TopicPartition(r.topic, r.partition) in self._assigned]
                 if not records:
@@ -281,7 +299,7 @@ class Consumer:
                     )
             except Exception as exc:
                 if is_data_error(exc):
-                    await self._apply_rejected(records, batch, exc)
+                    await self._apply_rejected(records, batch, exc, generation)
                     return
                 if not is_store_error(exc):
                     raise
@@ -305,14 +323,14 @@ class Consumer:
             return
 
     async def _apply_rejected(
-        self, records: Sequence[KafkaRecord], batch: PreparedBatch, exc: Exception
+        self, records: Sequence[KafkaRecord], batch: PreparedBatch, exc: Exception, generation: int
     ) -> None:
         """The database refused the batch's data: find the record(s) at fault, one per transaction."""
         if len(records) > 1:
             log.warning("the store refused a batch (%s); applying its %s records singly", exc, len(records))
             for record in records:
                 one = prepare([record], component_id=self.settings.consumer_id, now_us=_now_us())
-                await self._apply_shard([record], one)
+                await self._apply_shard([record], one, generation)
             return
         record = records[0]
         letter = dead_letter_for(
@@ -320,7 +338,7 @@ class Consumer:
             component_id=self.settings.consumer_id, now_us=_now_us(),
         )  # fmt: skip
         await self._dead_letter([letter])
-        await self._apply_shard([record], PreparedBatch(offsets=dict(batch.offsets), records=1))
+        await self._apply_shard([record], PreparedBatch(offsets=dict(batch.offsets), records=1), generation)
 
     async def _dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         if self._producer is None:
@@ -421,15 +439,20 @@ class Consumer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.db_retry_max_s)
         missing = [tp for tp in assigned if tp not in stored]
-        for tp, offset in stored.items():
-            self._k.seek(tp, offset)
-            self._positions[tp] = offset
+        start = dict(stored)
         if missing:
             if self.settings.auto_offset_reset == "earliest":
-                await self._k.seek_to_beginning(*missing)
+                start.update(await self._k.beginning_offsets(missing))
             else:
-                await self._k.seek_to_end(*missing)
+                start.update(await self._k.end_offsets(missing))
+        # No await from the seeks to the generation bump: every record fetched before comes from the
+        # positions the seeks replace (the group's reset or Kafka commit) and is dropped, every record
+        # fetched after from the stored offsets.
+        for tp, offset in start.items():
+            self._k.seek(tp, offset)
+            self._positions[tp] = offset
         self._assigned |= assigned
+        self._generation += 1
         if not self._store_ok:
             self._k.pause(*assigned)
         log.info(
