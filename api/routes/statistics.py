@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -68,8 +68,13 @@ class StatisticsPage(Page[StatisticsCell]):
     completeness_rule: str
 
 
+_CELL_FIELDS = tuple(f.name for f in fields(Cell))
+
+
 def _cell_out(cell: Cell) -> StatisticsCell:
-    return StatisticsCell(**asdict(cell), suppressed=cell.suppressed)
+    # Cell's fields are all scalars: a shallow copy, where dataclasses.asdict's recursive deep copy
+    # was a third of the request's time for a year of district cells.
+    return StatisticsCell(**{name: getattr(cell, name) for name in _CELL_FIELDS}, suppressed=cell.suppressed)
 
 
 @router.get(
