@@ -18,7 +18,6 @@ from devstack.process import (
     chown_tree,
     drop_privileges,
     service_user,
-    wait_for_port,
 )
 
 log = logging.getLogger(__name__)
@@ -145,14 +144,7 @@ class PostgresCluster:
             log_path=log_path,
             user=self.os_user,
         )
-        self._proc.start()
-        try:
-            wait_for_port(self.host, self.port, timeout, self._proc.alive)
-            self._wait_ready(timeout)
-        except ServiceError as exc:
-            self._proc.kill()
-            self._proc.wait_stopped()
-            raise ServiceError(f"PostgreSQL did not start: {exc}\n{self._proc.tail()}") from None
+        self._proc.start_listening(self.host, self.port, timeout, lambda: self._wait_ready(timeout))
 
     def _wait_ready(self, timeout: float) -> None:
         # The port opens before recovery ends: pg_isready answers "rejecting connections" (exit 1)

@@ -198,11 +198,16 @@ class ChildProcess:
             pass
         return 0.0
 
-    def start_listening(self, host: str, port: int, timeout: float) -> None:
-        """Start the process and wait until it listens on ``host:port``; on failure kill it and say why."""
+    def start_listening(
+        self, host: str, port: int, timeout: float, ready: Callable[[], None] | None = None
+    ) -> None:
+        """Start the process and wait until it listens on ``host:port`` (and ``ready`` passes, when given);
+        on failure kill it and say why."""
         self.start()
         try:
             wait_for_port(host, port, timeout, self.alive)
+            if ready is not None:
+                ready()
         except ServiceError as exc:
             self.kill()
             self.wait_stopped()

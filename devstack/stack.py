@@ -60,14 +60,19 @@ class Component:
     """A cityingest process the stack supervises (restarted with backoff if it dies)."""
 
     name: str
-    args: list[str]
-    env: dict[str, str]
     health_url: str | None
     proc: ChildProcess
     finished_ok: bool = False
     """A component that may finish on its own (the simulator with a count) is not restarted after exit 0."""
     restarts: int = 0
     next_restart: float = 0.0
+
+    def respawn(self) -> None:
+        """Start a fresh process with the same command, environment and log."""
+        old = self.proc
+        self.proc = ChildProcess(old.name, old.argv, log_path=old.log_path, env=old.env)
+        self.proc.start()
+        self.next_restart = 0.0
 
 
 @dataclass
@@ -159,7 +164,7 @@ class DevStack:
         env = self._base_env()
         argv = [sys.executable, "-m", "cli", *args]
         proc = ChildProcess(name, argv, log_path=self.logs / f"{name}.log", env=env)
-        self.components.append(Component(name, argv, env, health_url, proc, finished_ok))
+        self.components.append(Component(name, health_url, proc, finished_ok))
 
     def plan_components(self) -> None:
         """Decide the component processes and their ports."""
@@ -245,9 +250,7 @@ class DevStack:
                     )
                 elif now >= comp.next_restart:
                     comp.restarts += 1
-                    comp.next_restart = 0.0
-                    comp.proc = ChildProcess(comp.name, comp.args, log_path=comp.proc.log_path, env=comp.env)
-                    comp.proc.start()
+                    comp.respawn()
 
     async def _maybe_rotate_kafka(self) -> None:
         limit = self.settings.kafka_max_rss_mb
@@ -288,9 +291,7 @@ class DevStack:
 
     async def _restart(self, comps: list[Component]) -> None:
         for comp in comps:
-            comp.proc = ChildProcess(comp.name, comp.args, log_path=comp.proc.log_path, env=comp.env)
-            comp.proc.start()
-            comp.next_restart = 0.0
+            comp.respawn()
             if comp.health_url is not None:
                 await self._wait_healthy(comp, comp.health_url, 60.0)
 
