@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
 
-from core.catalogue import Catalogue, MetricSpec
+from core.catalogue import Catalogue, MetricSpec, UnitConversion
 from core.types import Provenance
 from simulator.model import SHAPES, Device, Shape, SimReading, TimeFormat
 from simulator.settings import SimulatorSettings
+from simulator.units import in_unit
 
 Pattern = Literal["diurnal", "office", "rush", "domestic", "flat"]
 DOMAIN_ABBREVIATIONS: Final = {"building": "bld", "water": "wat", "power": "pwr", "environment": "env"}
@@ -98,6 +99,10 @@ def profile_for(domain: str, spec: MetricSpec) -> Profile:
     return Profile(low + 0.3 * width, 0.3 * width, 0.02 * width, "diurnal")
 
 
+def _bounds_or_infinite(spec: MetricSpec) -> tuple[float, float]:
+    return (-math.inf if spec.min is None else spec.min, math.inf if spec.max is None else spec.max)
+
+
 def _in_range(spec: MetricSpec, value: float) -> bool:
     return (spec.min is None or value >= spec.min) and (spec.max is None or value <= spec.max)
 
@@ -173,13 +178,29 @@ class ValueModel:
         self._profiles: dict[tuple[str, str], Profile] = {}
         self._counters: dict[tuple[str, str], tuple[int, int]] = {}
         """(device, metric) -> (value in thousandths, ts_us of that value)."""
+        self._units: dict[tuple[str, str], UnitConversion] = {}
         for device in devices:
             for metric in device.metrics:
                 self._profiles[(device.domain, metric)] = profile_for(device.domain, catalogue[metric])
+            for metric, unit in device.units:
+                conversion = catalogue.conversion(unit, catalogue[metric].unit)
+                if conversion is None:
+                    raise ValueError(f"{device.device_id}: no conversion from {unit!r} for {metric!r}")
+                self._units[(device.device_id, metric)] = conversion
 
     def readings(self, device: Device, ts_us: int, rng: random.Random) -> list[SimReading]:
-        """The readings ``device`` takes at ``ts_us`` (all its metrics)."""
-        return [self._reading(device, metric, ts_us, rng) for metric in device.metrics]
+        """The readings ``device`` takes at ``ts_us`` (all its metrics), in the units it reports."""
+        out = [self._reading(device, metric, ts_us, rng) for metric in device.metrics]
+        if device.units:
+            out = [self._in_device_unit(device.device_id, r) for r in out]
+        return out
+
+    def _in_device_unit(self, device_id: str, reading: SimReading) -> SimReading:
+        conversion = self._units.get((device_id, reading.metric))
+        if conversion is None:
+            return reading
+        low, high = _bounds_or_infinite(self._specs[reading.metric])
+        return in_unit(reading, conversion, low, high)
 
     def _reading(self, device: Device, metric: str, ts_us: int, rng: random.Random) -> SimReading:
         spec = self._specs[metric]

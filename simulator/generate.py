@@ -21,10 +21,12 @@ from core.catalogue import Catalogue, load_catalogue
 from core.readings import to_us
 from core.topics import telemetry_topic
 from simulator.city import ValueModel, build_city
+from simulator.malformed import MalformedPayloads
 from simulator.model import Device, Message, SimReading
-from simulator.payloads import MALFORMED_REASONS, catalogue_units, malformed, render
+from simulator.payloads import catalogue_units, render
 from simulator.settings import SimulatorSettings
 from simulator.truth import Truth
+from simulator.units import assign_units
 
 LATE_TICKS: Final = (2, 20)
 """A late message is held back for this many ticks (inclusive range)."""
@@ -83,9 +85,11 @@ class Simulation:
         self.settings = settings
         self.seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
         self.catalogue = catalogue if catalogue is not None else load_catalogue(settings.catalogue_file)
-        self.devices: tuple[Device, ...] = tuple(
-            build_city(settings, self.catalogue, random.Random(f"{self.seed}:city"))  # noqa: S311 - a simulation, not crypto
-        )
+        city = build_city(settings, self.catalogue, random.Random(f"{self.seed}:city"))  # noqa: S311 - a simulation, not crypto
+        # A random stream of their own: the same seed lays out the same city whatever the unit share.
+        units_rng = random.Random(f"{self.seed}:units")  # noqa: S311 - a simulation, not crypto
+        share = settings.non_canonical_unit_share
+        self.devices: tuple[Device, ...] = tuple(assign_units(city, share, self.catalogue, units_rng))
         self.start_us = resolve_start_us(settings, self.devices, now or datetime.now(UTC))
         self.units = catalogue_units(self.catalogue)
 
@@ -123,6 +127,11 @@ class _Stream:
         self.late: list[tuple[int, int, Message]] = []
         self.reorder: list[tuple[int, int, Message]] = []
         self.recent: deque[Message] = deque(maxlen=RECENT)
+        self.malformed = MalformedPayloads(
+            sim.catalogue,
+            prefix=sim.settings.mqtt_topic_prefix,
+            max_payload_bytes=sim.settings.max_payload_bytes,
+        )
 
     def run(self) -> Iterator[Message]:
         step_us = self.settings.time_step_s * 1_000_000
@@ -199,16 +208,8 @@ class _Stream:
         other = self.rng.choice(self.sim.devices)
         if other.device_id == device.device_id:
             other = replace(device, device_id=f"{device.device_id}-other")
-        reason = self.rng.choice(MALFORMED_REASONS)
-        topic, payload = malformed(
-            reason,
-            device,
-            other,
-            base.readings[0],
-            prefix=self.settings.mqtt_topic_prefix,
-            units=self.sim.units,
-            rng=self.rng,
-        )
+        reason = self.rng.choice(self.settings.malformed_reasons)
+        topic, payload = self.malformed.build(reason, device, other, base.readings[0], self.rng)
         return Message(
             seq=-1,
             topic=topic,

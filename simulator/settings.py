@@ -11,6 +11,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from core.settings import MqttSettings, split_csv
+from core.types import RejectReason
+from simulator.malformed import MALFORMED_REASONS
 
 DEFAULT_DISTRICTS: Final[tuple[str, ...]] = (
     "north",
@@ -30,7 +32,9 @@ class SimulatorSettings(MqttSettings):
     """What the device simulator publishes; the same seed and settings give the same messages."""
 
     seed: int | None = Field(
-        None, description="Random seed; the same seed, start and settings give byte-identical payloads."
+        None,
+        description="Random seed; the same seed, --start and settings give byte-identical payloads (the "
+        "truth file records the start; without --start it follows the wall clock).",
     )
     devices: int | None = Field(
         None,
@@ -73,6 +77,23 @@ class SimulatorSettings(MqttSettings):
     malformed_rate: float = Field(
         0.01, ge=0, le=1, description="Probability that a malformed payload is sent after a message."
     )
+    malformed_reasons: Annotated[tuple[RejectReason, ...], NoDecode] = Field(
+        MALFORMED_REASONS,
+        description="Comma-separated reject reasons the malformed payloads are drawn from, evenly.",
+    )
+    max_payload_bytes: int = Field(
+        262_144,
+        ge=1,
+        description="The bridge's payload size limit (the same variable): payload_too_large payloads "
+        "are built just over it.",
+    )
+    non_canonical_unit_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Share of devices reporting some metrics in another unit the bridge converts "
+        "(Wh, degF, L/s, ...).",
+    )
     out_of_range_rate: float = Field(
         0.002, ge=0, le=1, description="Probability that a gauge reading is outside its plausible range."
     )
@@ -106,6 +127,20 @@ class SimulatorSettings(MqttSettings):
     def _split_districts(cls, value: Any) -> Any:
         return split_csv(value)
 
+    @field_validator("malformed_reasons", mode="before")
+    @classmethod
+    def _split_reasons(cls, value: Any) -> Any:
+        return split_csv(value)
+
+    @field_validator("malformed_reasons")
+    @classmethod
+    def _check_reasons(cls, value: tuple[RejectReason, ...]) -> tuple[RejectReason, ...]:
+        unknown = [r.value for r in value if r not in MALFORMED_REASONS]
+        if unknown:
+            choices = ", ".join(r.value for r in MALFORMED_REASONS)
+            raise ValueError(f"{', '.join(unknown)}: not a payload fault; choose from {choices}")
+        return tuple(dict.fromkeys(value))
+
     @field_validator("districts")
     @classmethod
     def _check_districts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -132,6 +167,8 @@ class SimulatorSettings(MqttSettings):
             raise ValueError("at least one of single_share, batch_share, senml_share must be positive")
         if self.citizen_share + self.partner_share > 1:
             raise ValueError("citizen_share + partner_share must not exceed 1")
+        if self.malformed_rate > 0 and not self.malformed_reasons:
+            raise ValueError("malformed_rate > 0 needs at least one of malformed_reasons")
         return self
 
     def device_counts(self) -> dict[str, int]:

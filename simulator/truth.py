@@ -1,8 +1,10 @@
 """What the pipeline must end up with for the messages that were sent: the truth tests compare to.
 
-Pure. Values are accumulated as integer thousandths, so sums are exact whatever the order in which
-messages are acknowledged. A duplicate (an exact re-send) counts once; a malformed payload counts
-only as a dead letter.
+Pure. Values are accumulated as integer thousandths of the canonical unit, so sums are exact whatever
+the order in which messages are acknowledged. A duplicate (an exact re-send) counts once; a malformed
+payload counts only as a dead letter. A reading a device sent in another unit counts with its
+canonical value: the bridge's float conversion lands within ``units.ROUND_TRIP_TOLERANCE`` (relative)
+of it, far closer than the float sums of the store can be compared anyway.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ INCREASE_RULE: Final = (
     "over a series' stored readings in time order, the sum of v[i] - v[i-1] when v[i] >= v[i-1], "
     "else v[i] (a reset: the meter counted v[i] since it restarted from zero)"
 )
+_METRIC_TOTALS: Final = ("count", "sum_milli", "out_of_range", "unit_converted")
 _SEEN_CAPACITY: Final = 200_000
 """Originals remembered to recognise their duplicates, which follow within a few hundred messages."""
 
@@ -93,6 +96,7 @@ class SeriesTruth:
     last_ts_us: int | None = None
     out_of_range: int = 0
     resets: int = 0
+    unit_converted: int = 0
     increase: IncreaseTracker | None = None
 
     def add(self, reading: SimReading) -> None:
@@ -105,6 +109,7 @@ class SeriesTruth:
         self.first_ts_us = ts if self.first_ts_us is None else min(self.first_ts_us, ts)
         self.last_ts_us = ts if self.last_ts_us is None else max(self.last_ts_us, ts)
         self.out_of_range += reading.out_of_range
+        self.unit_converted += reading.unit_converted
         self.resets += reading.reset
         if reading.counter:
             if self.increase is None:
@@ -121,6 +126,7 @@ class SeriesTruth:
             "first_ts_us": self.first_ts_us,
             "last_ts_us": self.last_ts_us,
             "out_of_range": self.out_of_range,
+            "unit_converted": self.unit_converted,
         }
         if self.increase is not None:
             doc["increase"] = self.increase.increase / 1000
@@ -182,10 +188,11 @@ class Truth:
         for device_id, metrics in self.series.items():
             device = by_id.get(device_id)
             for metric, s in metrics.items():
-                totals = per_metric.setdefault(metric, {"count": 0, "sum_milli": 0, "out_of_range": 0})
+                totals = per_metric.setdefault(metric, dict.fromkeys(_METRIC_TOTALS, 0))
                 totals["count"] += s.count
                 totals["sum_milli"] += s.sum_milli
                 totals["out_of_range"] += s.out_of_range
+                totals["unit_converted"] += s.unit_converted
                 if device is not None:
                     per_domain[device.domain] += s.count
                     per_district[device.district] += s.count
@@ -202,16 +209,24 @@ class Truth:
             },
             "shapes": dict(sorted(self.shapes.items())),
             "malformed": dict(sorted(self.malformed.items())),
+            # Each malformed payload is built to become exactly one dead letter, for its reason.
+            "dead_letters": dict(sorted(self.malformed.items())),
             "readings": {
                 "total": self.readings,
                 "out_of_range": sum(m["out_of_range"] for m in per_metric.values()),
+                "unit_converted": sum(m["unit_converted"] for m in per_metric.values()),
                 "first_ts": _iso(first),
                 "last_ts": _iso(last),
                 "first_ts_us": first,
                 "last_ts_us": last,
             },
             "metrics": {
-                m: {"count": t["count"], "sum": t["sum_milli"] / 1000, "out_of_range": t["out_of_range"]}
+                m: {
+                    "count": t["count"],
+                    "sum": t["sum_milli"] / 1000,
+                    "out_of_range": t["out_of_range"],
+                    "unit_converted": t["unit_converted"],
+                }
                 for m, t in sorted(per_metric.items())
             },
             "domains": dict(sorted(per_domain.items())),
@@ -225,6 +240,7 @@ class Truth:
                     "provenance": d.provenance.value,
                     "metrics": list(d.metrics),
                     "shape": d.shape,
+                    "units": dict(d.units),
                 }
                 for d in self.devices
             },

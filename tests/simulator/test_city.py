@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from statistics import mean
 
 import pytest
@@ -122,3 +123,44 @@ def test_building_co2_follows_office_hours() -> None:
 def test_only_configured_domains_get_devices() -> None:
     devices = _city(domains="water,power")
     assert {d.domain for d in devices} == {"water", "power"}
+
+
+def test_citizen_devices_report_at_irregular_intervals() -> None:
+    settings = small_city(count=6000, duplicate_rate=0, malformed_rate=0, late_rate=0, out_of_order_rate=0)
+    sim = Simulation(settings)
+    times: dict[str, list[int]] = {}
+    for message in sim.messages():
+        for reading in message.readings:
+            times.setdefault(f"{message.device_id}/{reading.metric}", []).append(reading.ts_us)
+    step_us = settings.time_step_s * 1_000_000
+    gaps: dict[bool, set[int]] = {True: set(), False: set()}
+    for device in sim.devices:
+        citizen = device.provenance == Provenance.CITIZEN
+        for metric in device.metrics:
+            series = sorted(times.get(f"{device.device_id}/{metric}", []))
+            gaps[citizen].update(b - a for a, b in itertools.pairwise(series))
+    # Official devices report every tick; citizens' kits skip some, so their gaps vary.
+    assert gaps[False] == {step_us}
+    assert len(gaps[True]) > 3
+    assert min(gaps[True]) == step_us
+
+
+def test_consumption_follows_the_week() -> None:
+    settings = small_city(out_of_range_rate=0, reset_rate=0)
+    devices = [d for d in build_city(settings, CATALOGUE, seeded(2)) if d.domain == "building"]
+    model = ValueModel(settings, CATALOGUE, devices)
+    rng = seeded(5)
+
+    def used_in_an_hour(start: datetime) -> int:
+        # Counters: the hour's increase of every building's imported energy, after a first reading.
+        first, last = (to_us(start + timedelta(hours=h)) for h in (0, 1))
+        total = 0
+        for device in devices:
+            before = {r.metric: r.value_milli for r in model.readings(device, first, rng)}
+            after = {r.metric: r.value_milli for r in model.readings(device, last, rng)}
+            total += after["energy_import_kwh"] - before["energy_import_kwh"]
+        return total
+
+    wednesday = used_in_an_hour(datetime(2026, 11, 18, 10, tzinfo=UTC))
+    sunday = used_in_an_hour(datetime(2026, 11, 22, 10, tzinfo=UTC))
+    assert wednesday > 2 * sunday > 0

@@ -10,8 +10,8 @@ import pytest
 
 from core.readings import to_us
 from simulator.generate import Simulation, generate, resolve_start_us
+from simulator.malformed import MALFORMED_REASONS
 from simulator.model import Message
-from simulator.payloads import MALFORMED_REASONS
 from simulator.settings import SimulatorSettings
 from tests.simulator.conftest import START, small_city
 
@@ -144,3 +144,33 @@ def test_device_count_split_is_exact() -> None:
 def test_without_count_the_stream_goes_on() -> None:
     stream = generate(small_city(count=None))
     assert sum(1 for _, _ in zip(range(5000), stream, strict=False)) == 5000
+
+
+def test_a_run_is_reproduced_from_its_truth() -> None:
+    # Without --start the run follows the wall clock; its truth records seed and start to replay it.
+    first = Simulation(small_city(start=None, count=1500), now=datetime(2026, 11, 22, 12, 7, tzinfo=UTC))
+    truth = first.new_truth().to_dict()
+    again = Simulation(small_city(seed=truth["seed"], start=truth["start"], count=1500))
+    assert [(m.topic, m.payload) for m in first.messages()] == [
+        (m.topic, m.payload) for m in again.messages()
+    ]
+
+
+def test_a_run_without_seed_draws_one_and_records_it() -> None:
+    sim = Simulation(small_city(seed=None, count=300))
+    assert sim.new_truth().to_dict()["seed"] == sim.seed
+    replay = Simulation(small_city(seed=sim.seed, count=300))
+    assert [m.payload for m in sim.messages()] == [m.payload for m in replay.messages()]
+
+
+def test_malformed_reasons_pick_the_kinds() -> None:
+    chosen = "not_utf8,payload_too_large,bad_topic"
+    messages = _stream(small_city(malformed_reasons=chosen, malformed_rate=0.2, count=2000))
+    assert {m.malformed for m in messages if m.malformed} == set(chosen.split(","))
+
+
+def test_oversized_payloads_are_just_over_the_limit() -> None:
+    settings = small_city(malformed_reasons="payload_too_large", max_payload_bytes=5000, count=2000)
+    sizes = [len(m.payload) for m in _stream(settings) if m.malformed]
+    assert sizes
+    assert all(5000 < size < 5300 for size in sizes)

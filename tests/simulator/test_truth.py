@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simulator.generate import Simulation
+from simulator.malformed import MALFORMED_REASONS
 from simulator.model import Message, SimReading
 from simulator.settings import SimulatorSettings
 from simulator.truth import IncreaseTracker, Truth, reset_aware_increase
@@ -179,3 +181,21 @@ def test_truth_invariants_hold_for_any_fault_mix(
             assert entry["count"] > 0
             assert entry["min"] <= entry["max"]
             assert entry.get("increase", 0) >= 0
+
+
+def test_dead_letters_are_counted_by_reason() -> None:
+    sim, messages = _messages(small_city(malformed_rate=0.2))
+    doc = _truth(sim, messages).to_dict()
+    expected = Counter(m.malformed for m in messages if m.malformed is not None)
+    assert doc["dead_letters"] == dict(sorted(expected.items()))
+    assert sum(doc["dead_letters"].values()) == doc["messages"]["malformed"]
+    assert len(doc["dead_letters"]) == len(MALFORMED_REASONS)
+
+
+def test_malformed_payloads_leave_the_store_totals_alone() -> None:
+    sim, messages = _messages(small_city(malformed_rate=0.2, non_canonical_unit_share=0.5))
+    with_faults = _truth(sim, messages).to_dict()
+    without = _truth(sim, [m for m in messages if m.malformed is None]).to_dict()
+    for key in ("readings", "metrics", "series", "domains", "districts", "provenance", "shapes"):
+        assert with_faults[key] == without[key]
+    assert without["dead_letters"] == {}
