@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.problems import install_problem_handlers, problem_response
-from api.routes import aggregates, coverage, devices, health, ops, series, statistics
+from api.routes import aggregates, coverage, devices, health, ops, ops_dashboard, series, statistics
 from api.settings import ApiSettings
 from core.catalogue import load_catalogue
 from core.errors import ConfigError
@@ -52,7 +52,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.metrics = ApiMetrics()
     install_problem_handlers(app)
     _install_store_handlers(app)
-    for module in (health, devices, series, aggregates, statistics, coverage, ops):
+    for module in (health, devices, series, aggregates, statistics, coverage, ops, ops_dashboard):
         app.include_router(module.router)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -223,3 +223,19 @@ async def aggregates(
     LIMIT $11"""  # noqa: S608 - table and columns from fixed mappings
     keys = list(after) if after is not None else [None, None, None, None]
     return await pool.fetch(sql, metric, start, end, *filters, *keys, limit)
+
+
+# Devices the consumer inserted on their first reading and nobody registered since (the operators'
+# overview): how many, and the newest few by first reading.
+_UNREGISTERED_COUNT_SQL: Final = "SELECT count(*) FROM devices WHERE status = 'unregistered'"
+_UNREGISTERED_SQL: Final = """
+SELECT device_id, domain, first_seen, last_seen FROM devices WHERE status = 'unregistered'
+ORDER BY first_seen DESC NULLS LAST, device_id LIMIT $1"""
+
+
+async def unregistered_devices(pool: Pool, limit: int) -> tuple[int, list[Record]]:
+    """The number of unregistered devices and the ``limit`` most recently first seen."""
+    async with pool.acquire() as conn:
+        count = int(await conn.fetchval(_UNREGISTERED_COUNT_SQL))
+        rows = await conn.fetch(_UNREGISTERED_SQL, limit) if limit > 0 else []
+    return count, rows

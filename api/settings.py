@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated, Any
 
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from api.ops_config import ComponentTarget, parse_targets
 from core.settings import DatabaseSettings, KafkaSettings
 
 
@@ -31,3 +35,17 @@ class ApiSettings(DatabaseSettings, KafkaSettings):
         gt=0,
         description="How long /v1/ops/lag waits for Kafka end offsets before answering without them.",
     )
+    ops_components: Annotated[tuple[ComponentTarget, ...], NoDecode] = Field(
+        (),
+        description="Bridges and consumers the operators' overview (/ops) asks for /readyz and /metrics: "
+        "comma-separated name=http://host:port; name=dns+http://host:port asks every address of host "
+        "(a headless Service).",
+    )
+    ops_timeout_s: float = Field(
+        2.0, gt=0, description="How long /v1/ops/overview waits for the store and for each component."
+    )
+
+    @field_validator("ops_components", mode="before")
+    @classmethod
+    def _parse_ops_components(cls, value: Any) -> Any:
+        return parse_targets(value)

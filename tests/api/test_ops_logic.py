@@ -1,0 +1,136 @@
+"""The overview's pure parts: component targets, Prometheus counters, rates, HTTP answers, excerpts."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from api.ops_config import ComponentTarget, parse_target
+from api.ops_http import parse_answer
+from api.ops_overview import excerpt
+from api.ops_prom import parse_metrics
+from api.ops_rates import RateTracker, counter_delta, rates_between
+from api.settings import ApiSettings
+from consumers.metrics import ConsumerMetrics
+from ingest.metrics import BridgeStats, build_registry, render
+
+
+def test_targets_parse_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "CITYINGEST_OPS_COMPONENTS",
+        " bridge-1=http://bridge-1:9100, consumers=dns+http://cityingest-consumer:9101/,local=http://[::1]:9102",
+    )
+    settings = ApiSettings()
+    assert settings.ops_components == (
+        ComponentTarget("bridge-1", "bridge-1", 9100),
+        ComponentTarget("consumers", "cityingest-consumer", 9101, discover=True),
+        ComponentTarget("local", "::1", 9102),
+    )
+    assert [str(t) for t in settings.ops_components] == [
+        "bridge-1=http://bridge-1:9100",
+        "consumers=dns+http://cityingest-consumer:9101",
+        "local=http://[::1]:9102",
+    ]
+    monkeypatch.delenv("CITYINGEST_OPS_COMPONENTS")
+    assert ApiSettings().ops_components == ()
+    assert parse_target("b=http://host").port == 80
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("http://bridge:9100", "name=http://host:port"),
+        ("bad name=http://bridge:9100", "name=http://host:port"),
+        ("b=https://bridge:9100", "plain HTTP"),
+        ("b=bridge:9100", "plain HTTP"),
+        ("b=http://bridge:9100/metrics", "base URL only"),
+        ("b=http://bridge:99999", "port"),
+    ],
+)
+def test_bad_targets_say_what_is_wrong(entry: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        parse_target(entry)
+
+
+def test_duplicate_target_names_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYINGEST_OPS_COMPONENTS", "b=http://x:1,b=http://y:2")
+    with pytest.raises(ValidationError, match="unique: b"):
+        ApiSettings()
+
+
+def test_bridge_counters_from_its_real_exposition() -> None:
+    stats = BridgeStats(messages_received=12, readings_forwarded=30, dead_letters_written=3)
+    stats.rejected.update({"invalid_json": 2, "unknown_metric": 1})
+    scrape = parse_metrics(render(build_registry(stats, lambda: 0, lambda: True)).decode())
+    assert scrape.kind == "bridge"
+    assert scrape.counters == {"ingest_messages": 12, "ingest_readings": 30, "dead_letters": 3}
+    assert scrape.rejected == {"invalid_json": 2, "unknown_metric": 1}
+
+
+def test_consumer_counters_from_its_real_exposition() -> None:
+    metrics = ConsumerMetrics()
+    assert parse_metrics(metrics.render().decode()).counters == {
+        "consume_readings": 0,
+        "stored_readings": 0,
+        "dead_letters": 0,
+    }
+    metrics.readings.inc(40)
+    metrics.stored.inc(38)
+    metrics.dead_letters.labels("undecodable_record").inc(2)
+    scrape = parse_metrics(metrics.render().decode())
+    assert scrape.kind == "consumer"
+    assert scrape.counters == {"consume_readings": 40, "stored_readings": 38, "dead_letters": 2}
+    assert scrape.rejected == {"undecodable_record": 2}
+
+
+def test_unparseable_metrics_raise_value_error() -> None:
+    with pytest.raises(ValueError, match="float"):
+        parse_metrics('cityingest_bridge_rejected_total{reason="x" 1\n')
+
+
+def test_counter_delta_survives_a_restart() -> None:
+    assert counter_delta(10, 15) == 5
+    assert counter_delta(10, 3) == 3  # restarted from zero, then counted 3
+
+
+def test_rates_sum_sources_seen_in_both_samples() -> None:
+    before = {"bridge-1": {"ingest_readings": 100.0}, "bridge-2": {"ingest_readings": 50.0}}
+    after = {
+        "bridge-1": {"ingest_readings": 120.0},
+        "bridge-2": {"ingest_readings": 5.0},  # restarted
+        "bridge-3": {"ingest_readings": 999.0},  # new: no earlier value to compare with
+    }
+    assert rates_between(before, after, 5.0) == {"ingest_readings": (20 + 5) / 5}
+
+
+def test_tracker_compares_with_a_sample_old_enough() -> None:
+    tracker = RateTracker(min_window_s=5, keep_s=60)
+    first = tracker.observe(100.0, {"b": {"x": 0.0}})
+    assert (first.window_s, first.per_s) == (None, {})
+    young = tracker.observe(102.0, {"b": {"x": 20.0}})
+    assert (young.window_s, young.per_s) == (2.0, {"x": 10.0})  # only a young sample to compare with
+    tracker.observe(104.0, {"b": {"x": 30.0}})
+    later = tracker.observe(108.0, {"b": {"x": 50.0}})
+    # The newest sample at least 5 s old is the one at 102 s.
+    assert (later.window_s, later.per_s) == (6.0, {"x": 5.0})
+    # Samples older than keep_s are forgotten.
+    stale = tracker.observe(200.0, {"b": {"x": 60.0}})
+    assert stale.window_s is None
+
+
+def test_http_answers_parse() -> None:
+    answer = parse_answer(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\nokEXTRA")
+    assert (answer.status, answer.body) == (503, b"ok")
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
+    assert parse_answer(chunked).body == b"abcde"
+    for broken in (b"garbage", b"SSH-2.0\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort"):
+        with pytest.raises(ValueError, match=r"HTTP|body|incomplete"):
+            parse_answer(broken)
+
+
+def test_excerpts_are_one_line_of_text() -> None:
+    assert excerpt(b'{"a": 1}') == '{"a": 1}'
+    assert excerpt(b"line1\nline2\x00\x1b[31m") == "line1\\nline2\\x00\\x1b[31m"
+    assert excerpt(b"\xff\xfeok") == "\ufffd\ufffdok"
+    assert excerpt(b"x" * 500, limit=10) == "x" * 10 + "…"
+    assert excerpt(b"<script>alert(1)</script>") == "<script>alert(1)</script>"  # escaped by the page
