@@ -27,6 +27,11 @@ class DevSettings(CitySettings):
     simulator: bool = Field(True, description="Run the device simulator (--no-simulator to leave it out).")
     simulator_devices: int = Field(120, ge=1, description="Devices the simulator publishes for.")
     simulator_rate: float = Field(20.0, ge=0, description="Simulator messages per second.")
+    simulator_seed: int = Field(
+        1,
+        description="Seed of the simulated city: the same devices and districts on every run, so a reused "
+        "state directory stays consistent (readings still follow the wall clock).",
+    )
     kafka_max_rss_mb: int = Field(
         2048,
         ge=0,

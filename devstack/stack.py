@@ -99,6 +99,7 @@ class DevStack:
         self.components: list[Component] = []
         self.endpoints = Endpoints()
         self.api_key = ""
+        self.key_file = self.state / "dev-api-key"
         self._stopping = False
 
     # -- services -----------------------------------------------------------------------------
@@ -133,7 +134,7 @@ class DevStack:
 
     async def _dev_key(self) -> str:
         """A development API key with every scope; the previous run's key is revoked first."""
-        path = self.state / "dev-api-key"
+        path = self.key_file
         if path.exists():
             parsed = parse_key(path.read_text(encoding="utf-8").strip())
             if parsed is not None:
@@ -204,19 +205,15 @@ class DevStack:
             f"http://127.0.0.1:{port}/healthz",
         )
         if s.simulator:
-            self._add(
-                "simulator",
-                [
-                    "simulate",
-                    "--devices",
-                    str(s.simulator_devices),
-                    "--rate",
-                    str(s.simulator_rate),
-                    "--live",
-                ],
-                None,
-                finished_ok=True,
-            )
+            # The simulator registers the city through the API (started before it) as an asset register
+            # would, so that statistics have districts; the key goes by file, out of sight of ps.
+            wildcard = s.api_host in ("0.0.0.0", "::", "")  # noqa: S104 - compared, not bound
+            host = "127.0.0.1" if wildcard else s.api_host
+            url = f"http://[{host}]:{api_port}" if ":" in host else f"http://{host}:{api_port}"
+            args = ["--devices", str(s.simulator_devices), "--rate", str(s.simulator_rate), "--live"]
+            args += ["--seed", str(s.simulator_seed)]
+            args += ["--register-url", url, "--api-key-file", str(self.key_file)]
+            self._add("simulator", ["simulate", *args], None, finished_ok=True)
 
     async def start_components(self, within_s: float = 60.0) -> None:
         """Start every component and wait until each answers its health check."""
@@ -318,7 +315,7 @@ class DevStack:
             f"  PostgreSQL  {self.endpoints.database}",
         ]
         lines += [f"  {name:<11} {url}" for name, url in self.endpoints.extra.items()]
-        lines.append(f"  API key     {self.api_key}   (every scope; also in {self.state / 'dev-api-key'})")
+        lines.append(f"  API key     {self.api_key}   (every scope; also in {self.key_file})")
         lines.append(f"  logs        {self.logs}")
         return "\n".join(lines)
 

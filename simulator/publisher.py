@@ -24,6 +24,7 @@ from core.errors import BrokerUnavailable
 from core.readings import from_us
 from simulator.generate import Simulation
 from simulator.model import Message
+from simulator.register import register_city
 from simulator.settings import SimulatorSettings
 from simulator.truth import Truth
 
@@ -306,6 +307,8 @@ async def serve(settings: SimulatorSettings) -> None:
     sim = Simulation(settings)
     truth = sim.new_truth()
     log.info("simulating %s devices from %s (seed %s)", len(sim.devices), from_us(sim.start_us), sim.seed)
+    if settings.register_url is not None:
+        truth.registered = (await register_city(sim)).registered
     publisher = Publisher(settings, truth.record)
     try:
         await publisher.start()

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from core.settings import MqttSettings, split_csv
@@ -121,6 +121,24 @@ class SimulatorSettings(MqttSettings):
     catalogue_file: Path | None = Field(
         None, description="JSON file extending the metric catalogue (same shape as core/catalogue.json)."
     )
+    register_url: str | None = Field(
+        None,
+        description="Base URL of the cityingest API to register the devices with (PUT /v1/devices/{id}) "
+        "before publishing; unset = do not register.",
+    )
+    api_key_file: Path | None = Field(
+        None, description="File holding the API key for --register-url (scopes devices:write, metrics:read)."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="The API key itself; prefer --api-key-file or the variable (flags show in ps)."
+    )
+    unregistered_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Share of devices left unregistered on purpose (chosen by the seed), as new or rogue "
+        "devices are in a real city.",
+    )
 
     @field_validator("districts", mode="before")
     @classmethod
@@ -153,6 +171,15 @@ class SimulatorSettings(MqttSettings):
             raise ValueError("district names must be unique")
         return value
 
+    @field_validator("register_url")
+    @classmethod
+    def _check_register_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r}: give the API's base URL, e.g. http://127.0.0.1:8000")
+        return value.rstrip("/")
+
     @field_validator("start")
     @classmethod
     def _aware_start(cls, value: datetime | None) -> datetime | None:
@@ -169,6 +196,10 @@ class SimulatorSettings(MqttSettings):
             raise ValueError("citizen_share + partner_share must not exceed 1")
         if self.malformed_rate > 0 and not self.malformed_reasons:
             raise ValueError("malformed_rate > 0 needs at least one of malformed_reasons")
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("give --api-key or --api-key-file, not both")
+        if self.register_url is not None and self.api_key is None and self.api_key_file is None:
+            raise ValueError("--register-url needs an API key: give --api-key-file (or --api-key)")
         return self
 
     def device_counts(self) -> dict[str, int]:

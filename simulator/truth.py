@@ -145,6 +145,8 @@ class Truth:
     shapes: Counter[str] = field(default_factory=Counter)
     malformed: Counter[str] = field(default_factory=Counter)
     series: dict[str, dict[str, SeriesTruth]] = field(default_factory=dict)
+    registered: tuple[str, ...] | None = None
+    """Devices registered through the API before publishing; None when the run registered none."""
     _seen: dict[int, None] = field(default_factory=dict)
 
     def record(self, message: Message) -> None:
@@ -244,6 +246,8 @@ class Truth:
                 }
                 for d in self.devices
             },
+            # The others stay unregistered: the consumer inserts them as such when they first report.
+            "registered": None if self.registered is None else sorted(self.registered),
             "series": {
                 device_id: {metric: s.to_dict() for metric, s in sorted(metrics.items())}
                 for device_id, metrics in sorted(self.series.items())

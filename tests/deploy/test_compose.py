@@ -15,6 +15,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from api.settings import ApiSettings
 from cli.flags import settings_from_args
 from cli.main import build_parser
 from consumers.settings import ConsumerSettings
@@ -196,6 +197,24 @@ def test_two_consumers_in_one_group(compose: dict[str, Any], monkeypatch: pytest
     assert len({s.consumer_id for s in consumer_settings}) == 2
     for s in consumer_settings:
         assert s.commit_to_kafka is True  # lag tools (and KEDA) read the Kafka commits
+
+
+def test_the_dashboard_reads_every_bridge_and_consumer_on_its_port(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, api, _ = settings_of(compose["services"]["api"], monkeypatch)
+    assert isinstance(api, ApiSettings)
+    configured = {(t.name, t.host, t.port, t.discover) for t in api.ops_components}
+    served = set()
+    for name, svc in {**services_running(compose, "bridge"), **services_running(compose, "consume")}.items():
+        _, settings, _ = settings_of(svc, monkeypatch)
+        assert isinstance(settings, BridgeSettings | ConsumerSettings)
+        # Listening on loopback only, a component would be out of the API container's reach.
+        assert settings.http_host == "0.0.0.0", name  # noqa: S104 - the compose file's listen address
+        # Compose names each container's address after its service.
+        served.add((name, name, settings.http_port, False))
+    assert len(served) == 4
+    assert configured == served
 
 
 def test_topics_created_with_the_configured_partitions(

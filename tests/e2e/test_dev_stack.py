@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -11,14 +12,18 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
 from devstack.process import free_port
+from simulator.settings import DEFAULT_DISTRICTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -97,6 +102,26 @@ def _get(url: str) -> int:
         return int(response.status)
 
 
+def _get_json(url: str, headers: dict[str, str]) -> dict[str, Any]:
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - loopback test URL
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback test URL
+        doc: dict[str, Any] = json.load(response)
+    return doc
+
+
+async def _metric_of_a_registered_device(dsn: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return str(
+            await conn.fetchval(
+                "SELECT r.metric FROM readings r JOIN devices d USING (device_id)"
+                " WHERE d.status = 'active' LIMIT 1"
+            )
+        )
+    finally:
+        await conn.close()
+
+
 async def _count(dsn: str, sql: str, *args: object) -> int:
     conn = await asyncpg.connect(dsn)
     try:
@@ -151,6 +176,19 @@ def test_dev_stack_runs_end_to_end_and_stops_cleanly(state_dir: Path) -> None:
     # The simulator's readings travel MQTT -> bridge -> Kafka -> consumer -> TimescaleDB.
     dsn = run.dsn
     assert _wait_count(dsn, "SELECT count(*) FROM readings", 50, 90) >= 50
+
+    # The simulator registered its city through the API before publishing, all but a deliberate 5 %.
+    sql = "SELECT count(*) FROM devices WHERE status = 'active' AND district IS NOT NULL"
+    assert asyncio.run(_count(dsn, sql + " AND expected_interval_s > 0")) == 28  # 30 devices - 2
+    # So statistics by district have real district names.
+    metric = asyncio.run(_metric_of_a_registered_device(dsn))
+    now = datetime.now(UTC)
+    months = {"start": f"{now - timedelta(hours=1):%Y-%m}", "end": f"{now:%Y-%m}"}
+    query = urllib.parse.urlencode({"metric": metric, **months, "by": "district"})
+    cells = _get_json(f"{api}/v1/statistics/monthly?{query}", auth)["items"]
+    districts = {c["district"] for c in cells if c["readings"] > 0}
+    assert districts - {None}, cells
+    assert districts - {None} <= set(DEFAULT_DISTRICTS), cells
 
     # Readings of our own, published with QoS 1 just before the stop, must survive it.
     device = "e2e-meter-1"
