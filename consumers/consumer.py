@@ -19,14 +19,16 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from consumers.applied import InsertMode
 from consumers.batch import KafkaRecord, PreparedBatch, dead_letter_for, prepare, split_by_partition
+from consumers.deadletters import send_dead_letters
 from consumers.http import ProbeServer
 from consumers.maintenance import retention_loop
 from consumers.metrics import ConsumerMetrics
 from consumers.settings import ConsumerSettings
 from consumers.sink import apply_batch, is_data_error, is_store_error, stored_offsets
 from core.catalogue import load_catalogue
-from core.deadletter import DeadLetter, encode_dead_letter
+from core.deadletter import DeadLetter
 from core.errors import BrokerUnavailable
 from core.types import RejectReason
 
@@ -58,6 +60,7 @@ class Consumer:
         self.settings = settings
         self.metrics = ConsumerMetrics()
         self._counters = sorted(load_catalogue(settings.catalogue_file).counters())
+        self._insert_mode = InsertMode()
         self._pool: asyncpg.Pool | None = None
         self._kafka: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -211,7 +214,8 @@ class Consumer:
             while True:
                 records = await self._fetch()
                 generation = self._generation
-                records = [r for r in records if TopicPartition(r.topic, r.partition) in self._assigned]
+                # Plain tuples hash and compare like TopicPartition and cost less to build.
+                records = [r for r in records if (r.topic, r.partition) in self._assigned]
                 # Decoding is CPU work: in a thread, so that the event loop keeps feeding the
                 # database the batch in flight meanwhile.
                 shards = await asyncio.to_thread(self._prepare, records) if records else []
@@ -295,8 +299,9 @@ class Consumer:
             try:
                 async with self._db.acquire() as conn:
                     applied = await apply_batch(
-                        conn, batch, counters=self._counters, group_id=s.group_id, consumer_id=s.consumer_id
-                    )
+                        conn, batch, counters=self._counters, group_id=s.group_id, consumer_id=s.consumer_id,
+                        assume_new=self._insert_mode.assume_new(),
+                    )  # fmt: skip
             except Exception as exc:
                 if is_data_error(exc):
                     await self._apply_rejected(records, batch, exc, generation)
@@ -308,6 +313,7 @@ class Consumer:
                 delay = min(delay * 2, s.db_retry_max_s)
                 continue
             self._store_up(attempt)
+            self._insert_mode.record(applied)
             m = self.metrics
             m.batch_seconds.observe(time.perf_counter() - started)
             m.batches.inc()
@@ -343,27 +349,7 @@ class Consumer:
     async def _dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         if self._producer is None:
             raise RuntimeError("the consumer is not started")
-        producer = self._producer
-        delay = 0.1
-        while True:
-            try:
-                futures = [
-                    await producer.send(
-                        self.settings.dlq_topic,
-                        value=encode_dead_letter(dl),
-                        key=dl.device_id.encode() if dl.device_id else None,
-                    )
-                    for dl in letters
-                ]
-                await asyncio.gather(*futures)
-                break
-            except KafkaError as exc:
-                log.warning("cannot write dead letters to %s, retrying: %s", self.settings.dlq_topic, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        for dl in letters:
-            self.metrics.dead_letters.labels(dl.reason).inc()
-            log.warning("dead-lettered record %s (%s): %s", dl.origin, dl.reason, dl.message)
+        await send_dead_letters(self._producer, self.settings.dlq_topic, letters, self.metrics)
 
     # -- store health -----------------------------------------------------------------------------
 

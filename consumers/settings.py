@@ -26,7 +26,11 @@ class ConsumerSettings(KafkaSettings, DatabaseSettings):
         description="Identifier of this consumer in logs, dead letters and the offsets table.",
     )
     batch_max_records: int = Field(
-        20_000, ge=1, description="Most Kafka records applied to the store in one database transaction."
+        100_000,
+        ge=1,
+        description="Most Kafka records applied to the store in one database transaction. Catching up a "
+        "backlog, larger batches fold more readings into each rollup row they update (a batch of 100,000 "
+        "records of 3 readings holds ~125 MB while it is applied).",
     )
     batch_max_wait_ms: int = Field(
         200, ge=0, description="How long to wait for a batch to fill before applying what has arrived."
@@ -46,7 +50,11 @@ class ConsumerSettings(KafkaSettings, DatabaseSettings):
         description="Also commit offsets to Kafka, for lag tools (the store stays the source of truth).",
     )
     db_pool_size: int = Field(
-        2, ge=1, le=16, description="Database connections; batches of disjoint partitions apply in parallel."
+        3,
+        ge=1,
+        le=16,
+        description="Database connections; batches of disjoint partitions apply in parallel (more than the "
+        "database's cores keeps them busy while one connection commits or waits for the others).",
     )
     db_retry_max_s: float = Field(
         10.0, gt=0, description="Longest pause between attempts while the database is unavailable."

@@ -32,9 +32,14 @@ async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         await c.close()
 
 
-async def apply_records(conn: asyncpg.Connection, records: list[Record], consumer: str = "c1") -> int:
+async def apply_records(
+    conn: asyncpg.Connection, records: list[Record], consumer: str = "c1", *, assume_new: bool = False
+) -> int:
     batch = prepare(records, component_id=consumer, now_us=0)
-    applied = await apply_batch(conn, batch, counters=sorted(COUNTERS), group_id=GROUP, consumer_id=consumer)
+    applied = await apply_batch(
+        conn, batch, counters=sorted(COUNTERS), group_id=GROUP, consumer_id=consumer, assume_new=assume_new
+    )
+    assert applied.stored == len(batch.rows) - applied.inserted
     return applied.inserted
 
 
@@ -48,15 +53,18 @@ async def assert_store_is_truth(conn: asyncpg.Connection, envelopes: list[Envelo
     assert stored == truth, diff(stored, truth)
 
 
+@pytest.mark.parametrize("assume_new", [False, True])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_random_batches_fold_to_the_truth(conn: asyncpg.Connection, seed: int) -> None:
+async def test_random_batches_fold_to_the_truth(
+    conn: asyncpg.Connection, seed: int, assume_new: bool
+) -> None:
     rnd = seeded(seed)
     envelopes = make_stream(rnd, devices=12, messages=600)
     records = as_records(envelopes)
     i = 0
     while i < len(records):
         n = rnd.randint(1, 80)
-        await apply_records(conn, records[i : i + n])
+        await apply_records(conn, records[i : i + n], assume_new=assume_new)
         i += n
     await assert_store_is_truth(conn, envelopes)
     # Late counter readings were part of the stream, so corrections really were exercised.
@@ -70,18 +78,58 @@ async def test_random_batches_fold_to_the_truth(conn: asyncpg.Connection, seed: 
     assert late > 10
 
 
-async def test_replayed_batch_changes_nothing(conn: asyncpg.Connection) -> None:
+@pytest.mark.parametrize("assume_new", [False, True])
+async def test_replayed_batch_changes_nothing(conn: asyncpg.Connection, assume_new: bool) -> None:
     envelopes = make_stream(seeded(7), devices=5, messages=120)
     records = as_records(envelopes)
-    assert await apply_records(conn, records) > 0
+    assert await apply_records(conn, records, assume_new=assume_new) > 0
     before = await stored_rollups(conn)
-    assert await apply_records(conn, records) == 0
+    assert await apply_records(conn, records, assume_new=assume_new) == 0
     assert await stored_rollups(conn) == before
     await assert_store_is_truth(conn, envelopes)
 
 
+async def test_plain_insertion_falls_back_when_part_of_the_batch_is_stored(conn: asyncpg.Connection) -> None:
+    envelopes = make_stream(seeded(8), devices=6, messages=200)
+    records = as_records(envelopes)
+    await apply_records(conn, records[:120], assume_new=True)
+    stored = await conn.fetchval("SELECT count(*) FROM readings")
+    overlap = prepare(records[60:], component_id="c1", now_us=0)
+    applied = await apply_batch(
+        conn, overlap, counters=sorted(COUNTERS), group_id=GROUP, consumer_id="c1", assume_new=True
+    )
+    assert applied.stored > 0
+    assert applied.inserted == await conn.fetchval("SELECT count(*) FROM readings") - stored
+    await assert_store_is_truth(conn, envelopes)
+
+
+async def test_a_rolled_back_batch_leaves_nothing_staged(conn: asyncpg.Connection) -> None:
+    """The staging table is per session: rows of a batch that did not commit never reach the next one."""
+    envelopes = make_stream(seeded(9), devices=4, messages=80)
+    records = as_records(envelopes)
+    tx = conn.transaction()
+    await tx.start()
+    await apply_records(conn, records[:40])
+    await tx.rollback()
+    await apply_records(conn, records[40:], assume_new=True)
+    await apply_records(conn, records[:40], assume_new=True)
+    await assert_store_is_truth(conn, envelopes)
+
+
+async def test_batches_applied_inside_one_outer_transaction(conn: asyncpg.Connection) -> None:
+    envelopes = make_stream(seeded(10), devices=4, messages=80)
+    records = as_records(envelopes)
+    async with conn.transaction():
+        for i in range(0, len(records), 20):
+            await apply_records(conn, records[i : i + 20], assume_new=True)
+            # Nothing of this batch is left staged for the next one.
+            assert await conn.fetchval("SELECT count(*) FROM pg_temp.cityingest_batch") == 0
+    await assert_store_is_truth(conn, envelopes)
+
+
+@pytest.mark.parametrize("assume_new", [False, True])
 async def test_two_connections_applying_the_same_records_count_once(
-    conn: asyncpg.Connection, database_url: str
+    conn: asyncpg.Connection, database_url: str, assume_new: bool
 ) -> None:
     """What happens when two consumers briefly own a partition during a rebalance."""
     envelopes = make_stream(seeded(11), devices=8, messages=400)
@@ -90,13 +138,19 @@ async def test_two_connections_applying_the_same_records_count_once(
     try:
         for i in range(0, len(records), 50):
             chunk = records[i : i + 50]
-            await asyncio.gather(apply_records(conn, chunk, "c1"), apply_records(other, chunk, "c2"))
+            await asyncio.gather(
+                apply_records(conn, chunk, "c1", assume_new=assume_new),
+                apply_records(other, chunk, "c2", assume_new=assume_new),
+            )
     finally:
         await other.close()
     await assert_store_is_truth(conn, envelopes)
 
 
-async def test_late_counter_reading_moves_consumption_between_buckets(conn: asyncpg.Connection) -> None:
+@pytest.mark.parametrize("assume_new", [False, True])
+async def test_late_counter_reading_moves_consumption_between_buckets(
+    conn: asyncpg.Connection, assume_new: bool
+) -> None:
     t0 = to_us(datetime(2024, 3, 31, 22, 30, tzinfo=UTC))
     hour = 3_600_000_000
 
@@ -104,9 +158,9 @@ async def test_late_counter_reading_moves_consumption_between_buckets(conn: asyn
         return Envelope("m-1", "power", "b", ts, (Reading("energy_import_kwh", ts, value, 0),))
 
     stream = [env(t0, 100.0), env(t0 + 2 * hour, 130.0)]  # 22:30 Mar 31 and 00:30 Apr 1
-    await apply_records(conn, as_records(stream, partitions=1))
+    await apply_records(conn, as_records(stream, partitions=1), assume_new=assume_new)
     late = [env(t0 + hour, 120.0)]  # 23:30 Mar 31
-    await apply_records(conn, as_records(late, partitions=1))
+    await apply_records(conn, as_records(late, partitions=1), assume_new=assume_new)
     monthly = {
         r["bucket"].month: r["increase"]
         for r in await conn.fetch("SELECT bucket, increase FROM readings_monthly")
