@@ -18,11 +18,19 @@ from api.queries import GroupColumn, Pool, Record, _device_filter, _groups
 # (empty = every domain), $6..$8 district/domain/provenance filters, $9 first month, $10 end of last.
 #
 # Each rollup row is read once (obs), and readings_received is summed there, over the rollup rows of
-# devices expected in that month. readings_expected needs every expected device in every month, reported
-# or not (exp): devices are first counted per cell, interval and `since` so that a year of 10,000 devices
-# is a few hundred rows, not 120,000. `since` is NULL for devices registered before the first month (and
-# before now): they are expected in every month and greatest() ignores the NULL, so their share starts at
-# the month start, exactly as max(month start, registered_at) does for them.
+# devices expected in that month. That test runs on every rollup row (120,000 for a year of 10,000
+# devices), so its device half (`held`: interval, status, domain, registered before now) is computed
+# once per device: the device subquery sits on the nullable side of a LEFT JOIN, where PostgreSQL
+# evaluates it while building the join's hash table (a placeholder variable) instead of once per joined
+# row; `d.device_id IS NOT NULL` makes the join the inner join it means. Of the month half, the month
+# end (date arithmetic) is only computed for devices registered after the month started. Monthly
+# buckets are UTC month starts (consumers/rollup.py), so every bucket in [$9, $10) is one of the months.
+#
+# readings_expected needs every expected device in every month, reported or not (exp): devices are
+# first counted per cell, interval and `since` so that a year of 10,000 devices is a few hundred rows,
+# not 120,000. `since` is NULL for devices registered before the first month (and before now): they
+# are expected in every month and greatest() ignores the NULL, so their share starts at the month
+# start, exactly as max(month start, registered_at) does for them.
 _STATISTICS_SQL: Final = """
 WITH months AS (
     SELECT * FROM unnest($2::timestamptz[], $3::timestamptz[]) AS m(month_start, month_end)
@@ -33,13 +41,18 @@ WITH months AS (
            count(*) FILTER (WHERE d.expected_interval_s IS NULL) AS devices_without_interval,
            0::int8 AS devices_expected, 0::float8 AS expected,
            coalesce(sum(r.count) FILTER (
-               WHERE d.expected_interval_s IS NOT NULL AND d.status <> 'inactive'
-                 AND (cardinality($5::text[]) = 0 OR d.domain = ANY($5::text[]))
-                 AND r.bucket = ANY($2::timestamptz[])
-                 AND d.registered_at < least((r.bucket AT TIME ZONE 'UTC' + interval '1 month')
-                                             AT TIME ZONE 'UTC', $4)), 0) AS received
-    FROM readings_monthly r JOIN devices d ON d.device_id = r.device_id
-    WHERE r.metric = $1 AND r.bucket >= $9 AND r.bucket < $10 AND r.count > 0 AND {filters}
+               WHERE d.held AND (d.registered_at < r.bucket
+                                 OR d.registered_at < (r.bucket AT TIME ZONE 'UTC' + interval '1 month')
+                                                      AT TIME ZONE 'UTC')), 0) AS received
+    FROM readings_monthly r LEFT JOIN (
+        SELECT d.device_id, d.district, d.domain, d.provenance, d.expected_interval_s, d.registered_at,
+               (d.expected_interval_s IS NOT NULL AND d.status <> 'inactive'
+                AND (cardinality($5::text[]) = 0 OR d.domain = ANY($5::text[]))
+                AND d.registered_at < $4) AS held
+        FROM devices d
+        WHERE {filters}
+    ) AS d ON d.device_id = r.device_id
+    WHERE r.metric = $1 AND r.bucket >= $9 AND r.bucket < $10 AND r.count > 0 AND d.device_id IS NOT NULL
     GROUP BY 1, 2, 3, 4
 ), expected_devices AS (
     SELECT {groups}, d.expected_interval_s AS interval_s, count(*) AS n,

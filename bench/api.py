@@ -3,12 +3,17 @@
 The store: 10,000 devices x 5 metrics x 12 months of monthly rollups, and hourly rollups of the same
 metrics for ``--hourly-devices`` devices (all 10,000 would be 438M rows; a series query reads one
 device's rows through the primary key, so its latency does not depend on how many other devices exist).
-Rows are generated in SQL straight into the rollup tables: this measures reads, not the consumer.
+Rows are generated in SQL straight into the rollup tables, then vacuumed as autovacuum would leave
+them: this measures reads of a settled store, not the consumer.
 
     .venv/bin/python -m bench.api [--database-url URL] [--devices 10000] [--hourly-devices 50] [--runs 200]
 
 Run it as a module (as a script, ``bench/api.py`` would shadow the ``api`` package). Without
 ``--database-url`` a private PostgreSQL cluster is started in a temporary directory.
+
+Besides the two latencies it prints the statistics query's latency alone (the rest of a request is
+the application), the server CPU that query takes on a serial plan (private cluster only: a figure that
+other jobs on a shared machine barely move, for comparing changes) and the load average.
 """
 
 from __future__ import annotations
@@ -16,19 +21,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import asyncpg
 import httpx
 
+from api import report_queries
 from api.app import create_app
 from api.auth import Scope
 from api.keys import create_api_key
 from api.settings import ApiSettings
+from api.statistics import month_range
 from devstack.postgres import PostgresCluster
 from devstack.process import free_port
 from migrations import apply_migrations
@@ -77,7 +86,10 @@ async def fill(dsn: str, devices: int, hourly_devices: int) -> None:
         await conn.execute(FILL_SQL.replace("$1", str(int(devices))))
         await conn.execute(ROLLUP_SQL.format(table="readings_monthly", n=4000), devices, METRICS, "1 month")
         await conn.execute(ROLLUP_SQL.format(table="readings_hourly", n=6), hourly_devices, METRICS, "1 hour")
-        await conn.execute("ANALYZE")
+        # As autovacuum leaves a settled store: rollups of closed months all-visible, so the statistics
+        # query's index-only scan skips the heap. Without it the first minute of measurements read the
+        # heap while autovacuum worked through 2M fresh rows on the same cores.
+        await conn.execute("VACUUM (ANALYZE)")
         print(f"store filled in {time.perf_counter() - started:.1f} s")
     finally:
         await conn.close()
@@ -85,14 +97,22 @@ async def fill(dsn: str, devices: int, hourly_devices: int) -> None:
 
 async def measure(client: httpx.AsyncClient, path: str, params: dict[str, str], runs: int) -> list[float]:
     """Latency of ``runs`` sequential requests after a short warm-up."""
+
+    async def request() -> None:
+        resp = await client.get(path, params=params)
+        assert resp.status_code == 200, resp.text
+
+    return await timed(request, runs)
+
+
+async def timed(call: Callable[[], Awaitable[object]], runs: int) -> list[float]:
+    """Seconds taken by each of ``runs`` sequential calls after ten warm-up calls."""
     samples = []
     for i in range(runs + 10):
         started = time.perf_counter()
-        resp = await client.get(path, params=params)
-        elapsed = time.perf_counter() - started
-        assert resp.status_code == 200, resp.text
+        await call()
         if i >= 10:
-            samples.append(elapsed)
+            samples.append(time.perf_counter() - started)
     return samples
 
 
@@ -101,6 +121,8 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
     await fill(dsn, args.devices, args.hourly_devices)
     key = await create_api_key(dsn, "bench", [s.value for s in Scope])
     app = create_app(ApiSettings(database_url=dsn))
+    # The machine may be shared: a load above its core count explains a slow run.
+    load_before = os.getloadavg()[0]
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         headers = {"Authorization": f"Bearer {key}"}
@@ -123,6 +145,12 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
                 },
                 args.runs,
             )
+        # The statistics query alone, as the endpoint runs it: the rest of a request is the application.
+        domains = app.state.catalogue["temperature"].domains
+        sql = await timed(lambda: statistics_query(app.state.pool, domains), args.runs)
+    load_after = os.getloadavg()[0]
+    # Only a private cluster is surely on this machine, where its backend's /proc entry can be read.
+    cpu = None if args.database_url else await server_cpu_ms(dsn, domains, args.runs)
     for name, samples, target in (
         ("statistics/monthly year by district", stats, 100),
         ("series 1h x 30 days", series, 30),
@@ -132,6 +160,58 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
             f"{name:40s} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  target p95 < {target} ms  "
             f"{'OK' if p95 < target else 'MISSED'}"
         )
+    p50, p95 = quantiles(sql)
+    print(f"{'statistics SQL alone, same arguments':40s} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms")
+    if cpu is not None:
+        print(f"{'statistics SQL server CPU, serial plan':40s} median {cpu:5.1f} ms per query")
+    print(f"load average (1 min) {load_before:.1f} before, {load_after:.1f} after, {os.cpu_count()} CPUs")
+
+
+async def statistics_query(pool: asyncpg.Pool, domains: Sequence[str]) -> object:
+    """The statistics endpoint's query for a year by district of temperature (catalogue ``domains``)."""
+    months = month_range(date(2024, 1, 1), date(2024, 12, 1), 12)
+    return await report_queries.monthly_statistics(
+        pool, "temperature", months, datetime.now(UTC), domains, ["district"], [None] * 3
+    )
+
+
+async def server_cpu_ms(dsn: str, domains: Sequence[str], runs: int) -> float | None:
+    """Median server CPU of the statistics query run without parallel workers (the server must be local).
+
+    Unlike latency it barely moves when other jobs share the machine, so it compares changes.
+    """
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=1,
+        server_settings={"timezone": "UTC", "max_parallel_workers_per_gather": "0"},
+    )
+    try:
+        pid = await pool.fetchval("SELECT pg_backend_pid()")
+        if process_cpu_s(pid) is None:
+            return None  # not this machine's process after all
+        await statistics_query(pool, domains)
+        # Batches of ten: the clock ticks every 10 ms.
+        per_query = []
+        for _ in range(max(1, runs // 10)):
+            before = process_cpu_s(pid) or 0.0
+            for _ in range(10):
+                await statistics_query(pool, domains)
+            per_query.append(((process_cpu_s(pid) or 0.0) - before) / 10 * 1000)
+        return statistics.median(per_query)
+    finally:
+        await pool.close()
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a local process, None if there is none."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # utime and stime are the 14th and 15th fields; the 2nd, the command, may hold spaces.
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import fields
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
@@ -14,7 +15,7 @@ from api import report_queries
 from api.auth import Principal, Scope, require
 from api.deps import CatalogueDep, PoolDep, SettingsDep, metric_spec
 from api.export import to_csv
-from api.pagination import Cursor, Limit, Page, decode_cursor, page_of
+from api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from api.problems import Problem
 from api.routes.aggregates import parse_group_by
 from api.sdmx import to_sdmx_csv
@@ -71,14 +72,19 @@ class StatisticsPage(Page[StatisticsCell]):
 _CELL_FIELDS = tuple(f.name for f in fields(Cell))
 
 
-def _cell_out(cell: Cell) -> StatisticsCell:
-    # Cell's fields are all scalars: a shallow copy, where dataclasses.asdict's recursive deep copy
-    # was a third of the request's time for a year of district cells.
-    return StatisticsCell(**{name: getattr(cell, name) for name in _CELL_FIELDS}, suppressed=cell.suppressed)
+def _item(cell: Cell) -> dict[str, Any]:
+    # The body is encoded straight from the cells: building and re-validating a StatisticsCell per
+    # cell (FastAPI validates a returned model against response_model) cost more than the encoding.
+    # Cell's fields are StatisticsCell's, in its order; test_statistics_completeness checks the body
+    # against the model.
+    item = {name: getattr(cell, name) for name in _CELL_FIELDS}
+    item["suppressed"] = cell.suppressed
+    return item
 
 
 @router.get(
     "/monthly",
+    # Documents the JSON body; the route returns a Response, which FastAPI passes through unvalidated.
     response_model=StatisticsPage,
     responses={200: {"content": {"text/csv": {}, "application/vnd.sdmx.data+csv; version=1.0.0": {}}}},
 )
@@ -97,7 +103,7 @@ async def monthly(
     format: Literal["json", "csv", "sdmx-csv"] = "json",
     limit: Limit = 1000,
     cursor: Cursor = None,
-) -> StatisticsPage | Response:
+) -> Response:
     """Monthly cells of ``metric`` from ``start`` to ``end`` (inclusive), small cells suppressed.
 
     JSON is paged; CSV and SDMX-CSV are the whole table in one file.
@@ -111,7 +117,7 @@ async def monthly(
     rows = await report_queries.monthly_statistics(
         pool, metric, months, datetime.now(UTC), spec.domains, groups, [district, domain, provenance]
     )
-    cells = [shape_cell(dict(r.items()), spec, groups, settings.suppression_k) for r in rows]
+    cells = [shape_cell(r, spec, groups, settings.suppression_k) for r in rows]
     if format == "csv":
         return Response(
             to_csv(cells), media_type="text/csv; charset=utf-8", headers=_attachment(metric, "csv")
@@ -125,18 +131,18 @@ async def monthly(
     start_at = 0
     if cursor:
         start_at = _resume(decode_cursor("statistics", cursor, 1)[0], len(cells))
-    items = [_cell_out(c) for c in cells[start_at : start_at + limit + 1]]
-    page = page_of(items, limit, "statistics", lambda _c: [start_at + limit])
-    return StatisticsPage(
-        items=page.items,
-        next_cursor=page.next_cursor,
-        metric=metric,
-        unit=spec.unit,
-        kind=spec.kind,
-        by=list(groups),
-        suppression_k=settings.suppression_k,
-        completeness_rule=COMPLETENESS_RULE,
-    )
+    end_at = start_at + limit
+    body = {
+        "items": [_item(c) for c in cells[start_at:end_at]],
+        "next_cursor": encode_cursor("statistics", [end_at]) if end_at < len(cells) else None,
+        "metric": metric,
+        "unit": spec.unit,
+        "kind": spec.kind,
+        "by": list(groups),
+        "suppression_k": settings.suppression_k,
+        "completeness_rule": COMPLETENESS_RULE,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 def _resume(position: object, total: int) -> int:

@@ -1,0 +1,191 @@
+"""Completeness inputs of the monthly statistics at the edges of the rule, against a plain-Python truth.
+
+Each device sits on one edge of "expected in a month" (see :mod:`api.statistics`): registered exactly at
+a month start or an hour before a month ends, reporting before its registration, inactive, of a domain
+the metric is not measured in, without an interval, or registered after now.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from typing import Any
+
+import httpx
+import pytest
+
+from api.routes.statistics import StatisticsCell, StatisticsPage
+from tests.api.conftest import apply, envelope, register
+
+pytestmark = pytest.mark.integration
+
+METRIC = "water_flow"  # a gauge of the water domain
+MONTHS = [datetime(2024, m, 1, tzinfo=UTC) for m in (1, 2, 3, 4)]  # Jan..Mar and the end of March
+
+
+@dataclass(frozen=True)
+class Dev:
+    """One registered device and when it reports ``METRIC``."""
+
+    device_id: str
+    district: str
+    domain: str
+    interval_s: int | None
+    registered_at: datetime
+    reports: tuple[datetime, ...]
+    status: str = "active"
+
+
+def at(month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    """A UTC instant of 2024."""
+    return datetime(2024, month, day, hour, minute, tzinfo=UTC)
+
+
+DEVICES = [
+    Dev("a1", "A", "water", 3600, datetime(2023, 6, 1, tzinfo=UTC), (at(1, 3), at(2, 3), at(3, 3))),
+    # Registered exactly at February's start: reports in January count as readings, not as received.
+    Dev("a2", "A", "water", 3600, at(2, 1), (at(1, 20), at(1, 21), at(2, 2), at(3, 9))),
+    # Registered an hour before January ends: expected for that hour.
+    Dev("a3", "A", "water", 600, at(1, 31, 23), (at(1, 31, 23, 30), at(2, 5))),
+    Dev("a4", "A", "water", 3600, datetime(2023, 1, 1, tzinfo=UTC), (at(1, 4), at(2, 4)), "inactive"),
+    Dev("a5", "A", "building", 3600, datetime(2023, 1, 1, tzinfo=UTC), (at(1, 5),)),
+    Dev("a6", "A", "water", None, datetime(2023, 1, 1, tzinfo=UTC), (at(1, 6), at(3, 6))),
+    # Registered mid-February, reporting before that in the same month: the month's rollup counts.
+    Dev("b1", "B", "water", 86400, at(2, 15, 12), (at(2, 10), at(3, 1), at(3, 2))),
+    Dev("b2", "B", "water", 3600, datetime(2099, 1, 1, tzinfo=UTC), (at(1, 7), at(2, 7))),
+    Dev("b3", "B", "water", 7200, datetime(2023, 1, 1, tzinfo=UTC), ()),  # expected, silent
+]
+
+
+Cells = dict[tuple[str, str | None], dict[str, Any]]
+
+
+def truth(devices: list[Dev], months: list[datetime], now: datetime, by_district: bool) -> Cells:
+    """The cells' counts recomputed from ``devices`` with the rule of api.statistics.
+
+    ``months`` are the month starts followed by the end of the last month.
+    """
+    cells: Cells = defaultdict(
+        lambda: {
+            "devices_reporting": 0,
+            "readings": 0,
+            "devices_expected": 0,
+            "readings_expected": 0.0,
+            "readings_received": 0,
+            "devices_without_interval": 0,
+        }
+    )
+    for start, end in pairwise(months):
+        for dev in devices:
+            key = (f"{start:%Y-%m}", dev.district if by_district else "_T")
+            readings = sum(1 for t in dev.reports if start <= t < end)
+            expected = (
+                dev.domain == "water"
+                and dev.interval_s is not None
+                and dev.status != "inactive"
+                and dev.registered_at < min(end, now)
+            )
+            if readings:
+                cells[key]["devices_reporting"] += 1
+                cells[key]["readings"] += readings
+                cells[key]["devices_without_interval"] += dev.interval_s is None
+            if expected:
+                assert dev.interval_s is not None
+                cells[key]["devices_expected"] += 1
+                seconds = (min(end, now) - max(start, dev.registered_at)).total_seconds()
+                cells[key]["readings_expected"] += max(0.0, seconds) / dev.interval_s
+                cells[key]["readings_received"] += readings
+    return dict(cells)
+
+
+@pytest.fixture
+async def city(database_url: str, client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    """DEVICES registered, and their readings applied through the consumer's write path."""
+    await install(database_url, client, auth, DEVICES)
+
+
+async def install(dsn: str, client: httpx.AsyncClient, auth: dict[str, str], devices: list[Dev]) -> None:
+    """Register ``devices`` and apply their readings through the consumer's write path."""
+    for dev in devices:
+        await register(
+            client,
+            auth,
+            dev.device_id,
+            domain=dev.domain,
+            district=dev.district,
+            status=dev.status,
+            expected_interval_s=dev.interval_s,
+            registered_at=dev.registered_at.isoformat(),
+        )
+    await apply(
+        dsn, [envelope(d.device_id, d.domain, [(METRIC, t, 1.5, 0)]) for d in devices for t in d.reports]
+    )
+
+
+@pytest.mark.usefixtures("city")
+@pytest.mark.parametrize("by", ["district", None])
+async def test_completeness_inputs_match_the_rule(
+    client: httpx.AsyncClient, auth: dict[str, str], by: str | None
+) -> None:
+    before = datetime.now(UTC)
+    params = {"metric": METRIC, "start": "2024-01", "end": "2024-03", **({"by": by} if by else {})}
+    resp = await client.get("/v1/statistics/monthly", params=params, headers=auth)
+    assert resp.status_code == 200, resp.text
+    want = truth(DEVICES, MONTHS, before, by_district=by is not None)
+    got = {(c["period"], c["district"]): c for c in resp.json()["items"]}
+    assert set(got) == set(want)
+    for key, expected in want.items():
+        cell = got[key]
+        assert {k: cell[k] for k in expected if k != "readings_expected"} == {
+            k: v for k, v in expected.items() if k != "readings_expected"
+        }, key
+        assert cell["readings_expected"] == pytest.approx(expected["readings_expected"]), key
+        received, owed = expected["readings_received"], expected["readings_expected"]
+        assert cell["completeness"] == (pytest.approx(received / owed) if owed else None), key
+
+
+@pytest.mark.usefixtures("city")
+async def test_json_body_is_the_documented_model(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    """The JSON is encoded without the response model: its fields must still be exactly the model's."""
+    params = {"metric": METRIC, "start": "2024-01", "end": "2024-03", "by": "district,provenance"}
+    resp = await client.get("/v1/statistics/monthly", params={**params, "limit": "2"}, headers=auth)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "application/json"
+    body = resp.json()
+    page = StatisticsPage.model_validate(body)
+    assert list(body) == list(StatisticsPage.model_fields)
+    assert all(list(item) == list(StatisticsCell.model_fields) for item in body["items"])
+    assert len(page.items) == 2
+    assert page.next_cursor is not None
+    assert page.model_dump(mode="json") == body
+
+
+async def test_devices_registered_after_now_are_not_expected(
+    database_url: str, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """In the month in progress a device registered later this month owes nothing yet, even if it reports."""
+    now = datetime.now(UTC)
+    start = datetime(now.year, now.month, 1, tzinfo=UTC)
+    end = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+    devices = [
+        Dev("c1", "C", "water", 3600, now + (end - now) / 2, (start + (now - start) / 2,)),
+        Dev("c2", "C", "water", 3600, start - timedelta(days=1), (start + (now - start) / 3,)),
+    ]
+    await install(database_url, client, auth, devices)
+    before = datetime.now(UTC)
+    month = f"{start:%Y-%m}"
+    params = {"metric": METRIC, "start": month, "end": month, "by": "district"}
+    resp = await client.get("/v1/statistics/monthly", params=params, headers=auth)
+    after = datetime.now(UTC)
+    assert resp.status_code == 200, resp.text
+    (cell,) = resp.json()["items"]
+    # The API read the clock between `before` and `after`: the cell is the truth at some instant of that
+    # span (c1 only becomes expected if the month ends within it).
+    bounds = [truth(devices, [start, end], t, by_district=True)[(month, "C")] for t in (before, after)]
+    counts = {k: cell[k] for k in bounds[0] if k != "readings_expected"}
+    assert counts in [{k: b[k] for k in counts} for b in bounds]
+    assert counts["devices_expected"] == 1 or after >= end
+    low, high = sorted(b["readings_expected"] for b in bounds)
+    assert low - 1e-6 <= cell["readings_expected"] <= high + 1e-6
