@@ -32,7 +32,7 @@ bench-api: setup
 	$(PY) -m bench.api
 
 bench: setup
-	@echo "the end-to-end benchmark (issue 6) is not written yet"; exit 1
+	$(PY) -m bench.e2e $(ARGS)
 
 clean:
 	rm -rf .cityingest .mypy_cache .ruff_cache .pytest_cache
