@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SRC := core ingest consumers api cli devstack migrations simulator tests bench scripts
 
-.PHONY: setup run test lint typecheck pytest bench bench-ingest bench-consume bench-api clean
+.PHONY: setup run test lint typecheck pytest bench bench-ingest bench-consume bench-catchup bench-api clean
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +27,9 @@ bench-ingest: setup
 
 bench-consume: setup
 	$(PY) -m bench.consume
+
+bench-catchup: setup
+	$(PY) -m bench.catchup $(ARGS)
 
 bench-api: setup
 	$(PY) -m bench.api

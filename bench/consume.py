@@ -145,7 +145,10 @@ async def consume(
         retention_days=100_000,
         **{k: v for k, v in tuning.items() if v is not None},
     )
-    print(f"consumer: batch_max_records={settings.batch_max_records}, db_pool_size={settings.db_pool_size}")
+    print(
+        f"consumer: batch_max_records={settings.batch_max_records}, "
+        f"batch_max_bytes={settings.batch_max_bytes}, db_pool_size={settings.db_pool_size}"
+    )
     conn = await asyncpg.connect(dsn)
     try:
         begun = time.perf_counter()

@@ -8,7 +8,8 @@ make the batch fail again and again.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -49,6 +50,48 @@ class KafkaRecord(Protocol):
     def value(self) -> bytes | None: ...
 
 
+class Rows:
+    """The readings of a batch, column by column: ~34 bytes a reading instead of ~230 as tuples.
+
+    A backlog of SenML packs is read in batches of hundreds of thousands of readings, two of them in
+    flight; as tuples of Python objects they alone took the consumer past 300 MB. Iterating yields
+    :data:`Row` tuples, made one at a time (what the binary COPY into the staging table consumes).
+    """
+
+    __slots__ = ("devices", "flags", "metrics", "ts_us", "values")
+
+    def __init__(self) -> None:
+        self.devices: list[str] = []
+        self.metrics: list[str] = []
+        self.ts_us = array("q")
+        self.values = array("d")
+        self.flags = array("H")
+
+    def append(self, row: Row) -> None:
+        """Add one reading."""
+        self.devices.append(row[0])
+        self.metrics.append(row[1])
+        self.ts_us.append(row[2])
+        self.values.append(row[3])
+        self.flags.append(row[4])
+
+    def __len__(self) -> int:
+        return len(self.ts_us)
+
+    def __iter__(self) -> Iterator[Row]:
+        return zip(self.devices, self.metrics, self.ts_us, self.values, self.flags, strict=True)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Rows):
+            other = list(other)
+        return isinstance(other, list) and list(self) == other
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a list
+
+    def __repr__(self) -> str:
+        return f"Rows({list(self)!r})"
+
+
 @dataclass(slots=True)
 class DeviceSeen:
     """What one batch tells about one device."""
@@ -63,7 +106,7 @@ class DeviceSeen:
 class PreparedBatch:
     """Readings (unique within the batch, first occurrence wins), devices, offsets and dead letters."""
 
-    rows: list[Row] = field(default_factory=list)
+    rows: Rows = field(default_factory=Rows)
     devices: dict[str, DeviceSeen] = field(default_factory=dict)
     offsets: dict[Partition, int] = field(default_factory=dict)
     """Next offset to read per partition once this batch is applied."""
@@ -182,6 +225,8 @@ def prepare(records: Iterable[KafkaRecord], *, component_id: str, now_us: int) -
     """Decode and validate ``records`` into one :class:`PreparedBatch`."""
     batch = PreparedBatch()
     seen: set[tuple[str, str, int]] = set()
+    # Decoding makes a new string of every device id and metric name; the batch keeps one of each.
+    names: dict[str, str] = {}
     rows = batch.rows
     devices = batch.devices
     offsets = batch.offsets
@@ -205,14 +250,16 @@ def prepare(records: Iterable[KafkaRecord], *, component_id: str, now_us: int) -
         else:
             device, domain, received, env_rows = plain
         batch.readings += len(env_rows)
+        device = names.setdefault(device, device)
         last_ts = -1
-        for row in env_rows:
-            key = (device, row[1], row[2])
+        for _, metric, ts, value, flags in env_rows:
+            metric = names.setdefault(metric, metric)
+            key = (device, metric, ts)
             if key not in seen:
                 seen.add(key)
-                rows.append(row)
-            if row[2] > last_ts:
-                last_ts = row[2]
+                rows.append((device, metric, ts, value, flags))
+            if ts > last_ts:
+                last_ts = ts
         dev = devices.get(device)
         if dev is None:
             devices[device] = DeviceSeen(domain, received, received, last_ts)

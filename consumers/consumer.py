@@ -61,6 +61,8 @@ class Consumer:
         self.metrics = ConsumerMetrics()
         self._counters = sorted(load_catalogue(settings.catalogue_file).counters())
         self._insert_mode = InsertMode()
+        self._record_bytes = 256.0
+        """Recent mean size of a record's value, to ask the fetcher for about a batch's bytes."""
         self._pool: asyncpg.Pool | None = None
         self._kafka: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -235,26 +237,37 @@ class Consumer:
                 await asyncio.gather(self._pending, return_exceptions=True)
 
     async def _fetch(self) -> list[KafkaRecord]:
-        """Up to ``batch_max_records`` records, waiting at most ``batch_max_wait_ms`` for them."""
+        """Up to ``batch_max_records`` records and about ``batch_max_bytes`` of values, waiting at most
+        ``batch_max_wait_ms`` for them."""
         loop = asyncio.get_running_loop()
         limit = self.settings.batch_max_records
+        byte_limit = self.settings.batch_max_bytes
         deadline = loop.time() + self.settings.batch_max_wait_ms / 1000
         out: list[KafkaRecord] = []
+        size = 0
         while True:
             remaining = deadline - loop.time()
             generation = self._generation
-            data = await self._k.getmany(
-                timeout_ms=max(0, int(remaining * 1000)), max_records=limit - len(out)
-            )
+            # Ask for as many records as the bytes left should hold at the sizes seen lately, so one
+            # call overshoots the byte budget by little even when the fetcher holds far more.
+            wanted = min(limit - len(out), max(1, int((byte_limit - size) / self._record_bytes)))
+            data = await self._k.getmany(timeout_ms=max(0, int(remaining * 1000)), max_records=wanted)
             if self._generation != generation:
                 # Partitions were assigned and sought to the stored offsets meanwhile: what was
                 # gathered before came from the positions the seeks replaced (e.g. the reset to the
                 # earliest offset before the stored ones were read); applying it would apply later
                 # records before earlier ones. The fetcher delivers from the new positions on.
                 out.clear()
+                size = 0
+            got = got_bytes = 0
             for recs in data.values():
                 out.extend(recs)
-            if len(out) >= limit or remaining <= 0:
+                got += len(recs)
+                got_bytes += sum(len(r.value) for r in recs if r.value is not None)
+            if got:
+                self._record_bytes = max(1.0, 0.5 * self._record_bytes + 0.5 * got_bytes / got)
+            size += got_bytes
+            if len(out) >= limit or size >= byte_limit or remaining <= 0:
                 return out
 
     def _prepare(self, records: Sequence[KafkaRecord]) -> list[tuple[Sequence[KafkaRecord], PreparedBatch]]:

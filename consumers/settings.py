@@ -32,6 +32,13 @@ class ConsumerSettings(KafkaSettings, DatabaseSettings):
         "backlog, larger batches fold more readings into each rollup row they update (a batch of 100,000 "
         "records of 3 readings holds ~125 MB while it is applied).",
     )
+    batch_max_bytes: int = Field(
+        24 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes of Kafka record values in one batch, whichever of this and batch_max_records "
+        "comes first. Bounds the consumer's memory while it catches up a backlog of large records (SenML "
+        "packs): one batch decoded holds about 6 times its record bytes, and two are in flight.",
+    )
     batch_max_wait_ms: int = Field(
         200, ge=0, description="How long to wait for a batch to fill before applying what has arrived."
     )

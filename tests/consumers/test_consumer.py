@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -12,6 +12,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from consumers.batch import KafkaRecord, PreparedBatch
 from consumers.consumer import Consumer
 from consumers.rollup import aggregate
 from consumers.settings import ConsumerSettings
@@ -277,3 +278,33 @@ async def test_database_outage_pauses_and_resumes(
         finally:
             producing.cancel()
     await assert_store_is_truth(dsn, envelopes, kafka_bootstrap, kafka_topics.readings, ends)
+
+
+async def test_batches_are_bounded_by_bytes(
+    database_url: str, kafka_bootstrap: str, kafka_topics: KafkaTopics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog is read in batches of about ``batch_max_bytes`` of values, not ``batch_max_records``."""
+    envelopes = make_stream(seeded(31), devices=10, messages=600)
+    ends = await produce(kafka_bootstrap, kafka_topics.readings, envelopes)
+    fetched: list[int] = []
+    prepare = Consumer._prepare
+
+    def spy(
+        self: Consumer, records: Sequence[KafkaRecord]
+    ) -> list[tuple[Sequence[KafkaRecord], PreparedBatch]]:
+        fetched.append(sum(len(r.value or b"") for r in records))
+        return prepare(self, records)
+
+    monkeypatch.setattr(Consumer, "_prepare", spy)
+    limit = 8192
+    settings = settings_for(
+        database_url, kafka_bootstrap, kafka_topics, batch_max_bytes=limit, batch_max_records=100_000
+    )
+    async with Consumer(settings):
+        await wait_applied(database_url, kafka_topics.readings, ends)
+    total = sum(len(encode_envelope(e)) for e in envelopes)
+    assert sum(fetched) == total
+    assert total > 10 * limit
+    # One record past the budget at most, give or take the running estimate of record sizes.
+    assert max(fetched) <= 2 * limit, fetched
+    await assert_store_is_truth(database_url, envelopes, kafka_bootstrap, kafka_topics.readings, ends)
