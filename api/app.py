@@ -12,10 +12,11 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api.metrics import ApiMetrics, MetricsMiddleware
+from api.metrics import ApiMetrics, MetricsMiddleware, StatisticsCacheCollector
 from api.problems import install_problem_handlers, problem_response
 from api.routes import aggregates, coverage, devices, health, ops, ops_dashboard, series, statistics
 from api.settings import ApiSettings
+from api.statistics_cache import StatisticsCache
 from core.catalogue import load_catalogue
 from core.errors import ConfigError
 
@@ -50,6 +51,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.settings = settings
     app.state.catalogue = load_catalogue(settings.catalogue_file)
     app.state.metrics = ApiMetrics()
+    app.state.statistics_cache = StatisticsCache(settings.statistics_cache_rows)
+    app.state.metrics.registry.register(StatisticsCacheCollector(app.state.statistics_cache))
     install_problem_handlers(app)
     _install_store_handlers(app)
     for module in (health, devices, series, aggregates, statistics, coverage, ops, ops_dashboard):

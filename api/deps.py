@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from api.problems import Problem
 from api.settings import ApiSettings
+from api.statistics_cache import StatisticsCache
 from core.catalogue import Catalogue, MetricSpec
 
 
@@ -28,9 +29,15 @@ def _catalogue(request: Request) -> Catalogue:
     return catalogue
 
 
+def _statistics_cache(request: Request) -> StatisticsCache:
+    cache: StatisticsCache = request.app.state.statistics_cache
+    return cache
+
+
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 SettingsDep = Annotated[ApiSettings, Depends(_settings)]
 CatalogueDep = Annotated[Catalogue, Depends(_catalogue)]
+StatisticsCacheDep = Annotated[StatisticsCache, Depends(_statistics_cache)]
 
 
 def metric_spec(catalogue: Catalogue, metric: str) -> MetricSpec:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.statistics_cache import StatisticsCache
 
 _BUCKETS: Final = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -28,6 +33,27 @@ class ApiMetrics:
             ["route", "method"],
             buckets=_BUCKETS,
             registry=self.registry,
+        )
+
+
+class StatisticsCacheCollector(Collector):
+    """Hits, misses and size of the statistics cache, read when scraped."""
+
+    def __init__(self, cache: StatisticsCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.cache
+        yield CounterMetricFamily(
+            "cityingest_api_statistics_cache_hits", "Closed months of statistics served from memory.", c.hits
+        )
+        yield CounterMetricFamily(
+            "cityingest_api_statistics_cache_misses",
+            "Closed months of statistics queried (never kept, or changed since).",
+            c.misses,
+        )
+        yield GaugeMetricFamily(
+            "cityingest_api_statistics_cache_rows", "Statistics rows kept in memory.", c.rows
         )
 
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Final
 
 from api.queries import GroupColumn, Pool, Record, _device_filter, _groups
+from api.statistics_cache import StatisticsCache, Tag
 
 # $1 metric, $2 month starts, $3 month ends (arrays, same length), $4 now, $5 the metric's domains
 # (empty = every domain), $6..$8 district/domain/provenance filters, $9 first month, $10 end of last.
@@ -83,6 +84,15 @@ ORDER BY 1, coalesce(district, ''), coalesce(domain, ''), coalesce(provenance, '
 """
 
 
+# The versions of closed months and of the device registry, read in the statistics' snapshot.
+_VERSIONS_SQL: Final = """
+SELECT m.month, coalesce(sum(v.version), 0)::int8 AS version,
+       (SELECT version FROM device_registry_version) AS devices
+FROM unnest($1::timestamptz[]) AS m(month) LEFT JOIN rollup_versions v ON v.month = m.month
+GROUP BY m.month
+"""
+
+
 async def monthly_statistics(
     pool: Pool,
     metric: str,
@@ -91,24 +101,56 @@ async def monthly_statistics(
     metric_domains: Sequence[str],
     group_by: Sequence[GroupColumn],
     filters: Sequence[str | None],
+    cache: StatisticsCache | None = None,
 ) -> list[Record]:
-    """One row per (month, group): reporting devices, readings, figures, and completeness inputs."""
+    """One row per (month, group): reporting devices, readings, figures, and completeness inputs.
+
+    With ``cache``, closed months (ended by ``now``) are served from it while their versions hold, and
+    only the other months are queried; the rows are the same either way.
+    """
     sql = _STATISTICS_SQL.format(groups=_groups(group_by), filters=_device_filter(6))
-    async with pool.acquire() as conn, conn.transaction(readonly=True):
-        # After five runs of a cached statement PostgreSQL may switch to a generic plan; without the
-        # values it estimates a few rollup rows and sorts 120,000 of them (2x slower). Plan each time.
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        return await conn.fetch(
-            sql,
-            metric,
-            [m[0] for m in months],
-            [m[1] for m in months],
-            now,
-            list(metric_domains),
-            *filters,
-            months[0][0],
-            months[-1][1],
-        )
+    key = (metric, tuple(metric_domains), tuple(group_by), tuple(filters))
+    kept: dict[datetime, Sequence[Record]] = {}
+    fresh: dict[datetime, list[Record]] = {}
+    # Repeatable read: the versions and the rows they tag come from one snapshot.
+    async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
+        tags: dict[datetime, Tag] = {}
+        closed = [start for start, end in months if end <= now] if cache is not None and cache.enabled else []
+        if cache is not None and closed:
+            for r in await conn.fetch(_VERSIONS_SQL, closed):
+                tags[r["month"]] = (r["version"], r["devices"])
+            for month in closed:
+                rows = cache.get(key, month, tags[month])
+                if rows is not None:
+                    kept[month] = rows
+        missing = [m for m in months if m[0] not in kept]
+        if missing:
+            # After five runs of a cached statement PostgreSQL may switch to a generic plan; without
+            # the values it estimates a few rollup rows and sorts 120,000 of them (2x slower).
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            wanted = {m[0] for m in missing}
+            for r in await conn.fetch(
+                sql,
+                metric,
+                [m[0] for m in missing],
+                [m[1] for m in missing],
+                now,
+                list(metric_domains),
+                *filters,
+                missing[0][0],
+                missing[-1][1],
+            ):
+                # Months kept in between the missing ones come back too; the kept rows stand for them.
+                if r["period"] in wanted:
+                    fresh.setdefault(r["period"], []).append(r)
+    if cache is not None:
+        for month, tag in tags.items():
+            if month not in kept:
+                cache.put(key, month, tag, fresh.get(month, []))
+    out: list[Record] = []
+    for start, _ in months:
+        out.extend(kept[start] if start in kept else fresh.get(start, ()))
+    return out
 
 
 # $1 month start, $2 month end, $3 now, $4 domain (NULL = every domain).

@@ -26,6 +26,12 @@ class ApiSettings(DatabaseSettings, KafkaSettings):
         ge=1,
         description="Statistics cells with fewer reporting devices than this are suppressed.",
     )
+    statistics_cache_rows: int = Field(
+        50_000,
+        ge=0,
+        description="Monthly statistics rows of closed months kept in memory (~600 bytes each), served "
+        "while the store's change counters say they still hold (0 = always query).",
+    )
     raw_max_range_days: float = Field(
         7.0, gt=0, description="Widest time range of a raw-readings series (bucket=raw), in days."
     )

@@ -221,6 +221,18 @@ devs AS (
     WHERE (LEAST(d.first_seen, EXCLUDED.first_seen), GREATEST(d.last_seen, EXCLUDED.last_seen),
            GREATEST(d.last_reading_at, EXCLUDED.last_reading_at))
           IS DISTINCT FROM (d.first_seen, d.last_seen, d.last_reading_at)
+), vers AS (
+    -- The months this batch changes, for the API's statistics of closed months (migration 0009):
+    -- every month from the earliest to the latest touched (a superset costs nothing but a recount).
+    INSERT INTO rollup_versions AS v (month, topic, partition)
+    SELECT m.month AT TIME ZONE 'UTC', u.topic, u.partition
+    FROM (SELECT min(b) AS lo, max(b) AS hi
+          FROM (SELECT bucket AS b FROM hagg UNION ALL SELECT ts FROM fixes) AS s) AS r
+    CROSS JOIN LATERAL generate_series(time_bucket('1 month', r.lo) AT TIME ZONE 'UTC',
+                                       time_bucket('1 month', r.hi) AT TIME ZONE 'UTC',
+                                       interval '1 month') AS m(month)
+    CROSS JOIN unnest($8::text[], $9::int4[]) AS u(topic, partition)
+    ON CONFLICT (month, topic, partition) DO UPDATE SET version = v.version + 1
 ), offs AS (
     INSERT INTO consumer_offsets AS o (group_id, topic, partition, next_offset, consumer_id, applied_at)
     SELECT $7, u.topic, u.partition, u.next_offset, $11, now()

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from api import report_queries
 from api.auth import Principal, Scope, require
-from api.deps import CatalogueDep, PoolDep, SettingsDep, metric_spec
+from api.deps import CatalogueDep, PoolDep, SettingsDep, StatisticsCacheDep, metric_spec
 from api.export import to_csv
 from api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from api.problems import Problem
@@ -92,6 +92,7 @@ async def monthly(
     pool: PoolDep,
     settings: SettingsDep,
     catalogue: CatalogueDep,
+    cache: StatisticsCacheDep,
     _: Reader,
     metric: Annotated[str, Query(min_length=1, max_length=200)],
     start: Month,
@@ -115,7 +116,14 @@ async def monthly(
         raise Problem(400, "Bad month range", str(exc), parameter="start") from None
     groups = parse_group_by(by)
     rows = await report_queries.monthly_statistics(
-        pool, metric, months, datetime.now(UTC), spec.domains, groups, [district, domain, provenance]
+        pool,
+        metric,
+        months,
+        datetime.now(UTC),
+        spec.domains,
+        groups,
+        [district, domain, provenance],
+        cache,
     )
     cells = [shape_cell(r, spec, groups, settings.suppression_k) for r in rows]
     if format == "csv":
