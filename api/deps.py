@@ -14,22 +14,22 @@ from api.statistics_cache import StatisticsCache
 from core.catalogue import Catalogue, MetricSpec
 
 
-def _pool(request: Request) -> asyncpg.Pool:
+async def _pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.pool
     return pool
 
 
-def _settings(request: Request) -> ApiSettings:
+async def _settings(request: Request) -> ApiSettings:
     settings: ApiSettings = request.app.state.settings
     return settings
 
 
-def _catalogue(request: Request) -> Catalogue:
+async def _catalogue(request: Request) -> Catalogue:
     catalogue: Catalogue = request.app.state.catalogue
     return catalogue
 
 
-def _statistics_cache(request: Request) -> StatisticsCache:
+async def _statistics_cache(request: Request) -> StatisticsCache:
     cache: StatisticsCache = request.app.state.statistics_cache
     return cache
 

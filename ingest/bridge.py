@@ -70,7 +70,7 @@ class Bridge:
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None
         self._run_task: asyncio.Task[None] | None = None
-        self._retries: set[asyncio.TimerHandle] = set()
+        self._retries: dict[asyncio.TimerHandle, tuple[_Message, Record]] = {}
         self._resends: set[asyncio.Task[None]] = set()
         self._registry = build_registry(
             self.stats, lambda: len(self._pending), lambda: not self.not_ready_reasons()
@@ -252,6 +252,10 @@ class Bridge:
             self._failing -= 1
             if self._failing == 0:
                 log.info("Kafka takes records again")
+            else:
+                # Kafka is back: the other failed records need not sit out the rest of their backoff
+                # (up to 30 s after an outage), they go again now.
+                self._retry_all_now()
         if record.readings:
             self.stats.readings_forwarded += record.readings
             self.stats.records_forwarded += 1
@@ -282,7 +286,16 @@ class Bridge:
         delay = min(self.settings.kafka_retry_backoff_s * 2**record.attempts, RETRY_BACKOFF_MAX_S)
         record.attempts += 1
         handle = asyncio.get_running_loop().call_later(delay, self._retry, msg, record)
-        self._retries.add(handle)
+        self._retries[handle] = (msg, record)
+
+    def _retry_all_now(self) -> None:
+        loop = asyncio.get_running_loop()
+        waiting = [item for handle, item in self._retries.items() if not handle.cancelled()]
+        for handle in self._retries:
+            handle.cancel()
+        self._retries.clear()
+        for msg, record in waiting:
+            loop.call_soon(self._retry, msg, record)
 
     def _abandon(self, msg: _Message, record: Record) -> None:
         # The MQTT connection that delivered the message is gone: the broker redelivers it, unacknowledged.
@@ -294,7 +307,7 @@ class Bridge:
 
     def _retry(self, msg: _Message, record: Record) -> None:
         now = asyncio.get_running_loop().time()
-        self._retries = {h for h in self._retries if not h.cancelled() and h.when() > now}
+        self._retries = {h: v for h, v in self._retries.items() if not h.cancelled() and h.when() > now}
         if self._stale(msg):
             self._abandon(msg, record)
             return

@@ -308,3 +308,51 @@ async def test_batches_are_bounded_by_bytes(
     # One record past the budget at most, give or take the running estimate of record sizes.
     assert max(fetched) <= 2 * limit, fetched
     await assert_store_is_truth(database_url, envelopes, kafka_bootstrap, kafka_topics.readings, ends)
+
+
+async def test_a_record_the_store_refuses_is_dead_lettered_and_the_rest_stored(
+    database_url: str, kafka_bootstrap: str, kafka_topics: KafkaTopics
+) -> None:
+    """The database refuses data ``prepare`` accepted (here an operator's own CHECK on readings): the
+    batch is retried record by record, the refused record goes to the DLQ, every other one is stored."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            """
+            CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.device_id = 'poison' THEN
+                    RAISE EXCEPTION 'no poison here' USING ERRCODE = 'check_violation';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse_poison BEFORE INSERT ON readings
+            FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+            """
+        )
+    finally:
+        await conn.close()
+    envelopes = make_stream(seeded(41), devices=6, messages=300)
+    poison = Envelope("poison", "water", "bridge-test", envelopes[0].received_us, envelopes[0].readings)
+    ends = await produce(kafka_bootstrap, kafka_topics.readings, [*envelopes[:150], poison, *envelopes[150:]])
+    async with Consumer(settings_for(database_url, kafka_bootstrap, kafka_topics)) as consumer:
+        await wait_applied(database_url, kafka_topics.readings, ends)
+        rejected = consumer.metrics.dead_letters.labels("store_rejected")._value.get()
+    assert rejected == 1
+    letters = [decode_dead_letter(raw) for raw in await read_dlq(kafka_bootstrap, kafka_topics.dlq, 1)]
+    assert [dl.reason for dl in letters] == ["store_rejected"]
+    assert letters[0].raw == encode_envelope(poison)
+    assert "no poison here" in letters[0].message
+    # Everything else is stored exactly once, rollups included; the log holds the poison too.
+    logged = [decode_envelope(v) for v in await read_log(kafka_bootstrap, kafka_topics.readings, ends)]
+    assert sorted(map(encode_envelope, logged)) == sorted(map(encode_envelope, [*envelopes, poison]))
+    conn = await asyncpg.connect(database_url)
+    try:
+        truth_rows = first_seen([e for e in logged if e.device_id != "poison"])
+        assert await stored_readings(conn) == truth_rows
+        stored = await stored_rollups(conn)
+        assert stored == aggregate(truth_rows.values(), COUNTERS), diff(
+            stored, aggregate(truth_rows.values(), COUNTERS)
+        )
+    finally:
+        await conn.close()
