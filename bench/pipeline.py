@@ -14,7 +14,6 @@ import os
 import re
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -28,7 +27,7 @@ from bench.procmem import Watched, Watcher, pids_with_argument
 from devstack.kafka import ensure_topics
 from devstack.mosquitto import MosquittoBroker
 from devstack.postgres import PostgresCluster
-from devstack.process import ChildProcess, ServiceError, free_port
+from devstack.process import ChildProcess, ServiceError, free_port, http_ok
 from devstack.tansu import TansuBroker
 from migrations import apply_migrations
 from simulator.settings import SimulatorSettings
@@ -45,14 +44,6 @@ _REJECTED: Final = re.compile(r'^cityingest_bridge_rejected_total\{reason="(\w+)
 def _get_text(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own loopback URL
         return str(response.read().decode())
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own loopback URL
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def child_env(**values: str) -> dict[str, str]:
@@ -132,7 +123,7 @@ class Pipeline:
 
     async def _wait_healthy(self, proc: ChildProcess, url: str, within_s: float = 60.0) -> None:
         deadline = time.monotonic() + within_s
-        while not await asyncio.to_thread(_http_ok, url):
+        while not await asyncio.to_thread(http_ok, url):
             if not proc.alive() or time.monotonic() > deadline:
                 raise ServiceError(f"{proc.name} did not become healthy:\n{proc.tail()}")
             await asyncio.sleep(0.2)

@@ -11,6 +11,8 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -220,3 +222,12 @@ class ChildProcess:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def http_ok(url: str) -> bool:
+    """Whether ``url`` answers 200 within a second (a health check of one of our own processes)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own loopback URL
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

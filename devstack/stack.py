@@ -14,8 +14,6 @@ import logging
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 
 from api.auth import Scope, parse_key
@@ -24,7 +22,7 @@ from devstack.kafka import ensure_topics
 from devstack.lag import forget_offsets, total_lag
 from devstack.mosquitto import MosquittoBroker
 from devstack.postgres import PostgresCluster
-from devstack.process import ChildProcess, ServiceError, free_port, port_is_free
+from devstack.process import ChildProcess, ServiceError, free_port, http_ok, port_is_free
 from devstack.settings import DevSettings
 from devstack.tansu import TansuBroker
 from migrations import apply_migrations
@@ -45,14 +43,6 @@ def _pick_port(settings: DevSettings, name: str, host: str = "127.0.0.1") -> int
     chosen = free_port(host)
     log.warning("default %s %d is busy; using %d", name.replace("_", " "), port, chosen)
     return chosen
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own loopback URL
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 @dataclass
@@ -227,7 +217,7 @@ class DevStack:
         while time.monotonic() < deadline:
             if not comp.proc.alive():
                 raise ServiceError(f"{comp.name} exited during start-up:\n{comp.proc.tail()}")
-            if await asyncio.to_thread(_http_ok, url):
+            if await asyncio.to_thread(http_ok, url):
                 return
             await asyncio.sleep(0.2)
         raise ServiceError(f"{comp.name} did not become healthy within {within_s:.0f}s:\n{comp.proc.tail()}")
