@@ -25,10 +25,14 @@ def tansu_binary() -> str:
 class TansuBroker:
     """Runs Tansu on ``host:port``. Its records live in memory only: they are gone after a stop."""
 
-    def __init__(self, log_dir: Path, port: int, *, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, log_dir: Path, port: int, *, host: str = "127.0.0.1", advertised_port: int | None = None
+    ) -> None:
         self.log_dir = log_dir
         self.port = port
         self.host = host
+        self.advertised_port = advertised_port
+        """Port clients are told to connect to (a proxy in front of the broker); ``port`` if None."""
         self._proc: ChildProcess | None = None
 
     @property
@@ -39,6 +43,7 @@ class TansuBroker:
     def start(self, timeout: float = 30.0) -> None:
         """Start the broker; return once it accepts connections."""
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
         self._proc = ChildProcess(
             "tansu",
             [
@@ -47,7 +52,7 @@ class TansuBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],
