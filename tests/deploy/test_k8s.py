@@ -17,6 +17,7 @@ import kubernetes_validate  # type: ignore[import-untyped]  # ships no type info
 import pytest
 import yaml
 
+from api.ops_config import parse_target
 from cli.main import build_parser
 from consumers.settings import ConsumerSettings
 
@@ -278,3 +279,22 @@ def test_production_overlay_changes_what_it_should() -> None:
         assert prod_c["resources"] != base_c["resources"]
     for container in only(prod, "Deployment", "cityingest-api")["spec"]["template"]["spec"]["containers"]:
         assert not container["image"].endswith(":latest")
+
+
+def test_the_ops_overview_reaches_every_bridge_and_consumer(rendered: list[dict[str, Any]]) -> None:
+    """The API's component list names each pod-serving Service of the bridges and consumers (dns+http:
+    every address of a headless Service is one instance) on the port the pods serve."""
+    (api,) = only(rendered, "Deployment", "cityingest-api")["spec"]["template"]["spec"]["containers"]
+    (value,) = [v["value"] for v in api["env"] if v["name"] == "CITYINGEST_OPS_COMPONENTS"]
+    configured = {(t.name, t.host, t.port, t.discover) for t in (parse_target(e) for e in value.split(","))}
+    served = set()
+    for workload, component in (("cityingest-bridge", "bridge"), ("cityingest-consumer", "consumer")):
+        doc = next(d for d in rendered if d["kind"] in WORKLOADS and d["metadata"]["name"] == workload)
+        (container,) = doc["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        service = only(rendered, "Service", workload)
+        assert service["spec"]["clusterIP"] == "None", workload  # headless: one address per pod
+        (port,) = service["spec"]["ports"]
+        assert ports[port["targetPort"]] == port["port"]
+        served.add((component, workload, port["port"], True))
+    assert configured == served
