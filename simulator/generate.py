@@ -136,11 +136,15 @@ class _Stream:
     def run(self) -> Iterator[Message]:
         step_us = self.settings.time_step_s * 1_000_000
         buffers: dict[str, list[SimReading]] = {d.device_id: [] for d in self.sim.devices}
+        # Within a step, in the order of their reporting second: readings come out in time order, so a
+        # live run (which waits for the wall clock to reach each reading) publishes evenly over the
+        # step instead of in one burst at its end.
+        devices = sorted(self.sim.devices, key=lambda d: (d.offset_s, d.device_id))
         for tick in itertools.count():
             tick_us = self.sim.start_us + tick * step_us
             while self.late and self.late[0][0] <= tick:
                 yield from self._emit(heapq.heappop(self.late)[2])
-            for device in self.sim.devices:
+            for device in devices:
                 if device.report_probability < 1 and self.rng.random() >= device.report_probability:
                     continue
                 ts_us = tick_us + device.offset_s * 1_000_000

@@ -59,6 +59,9 @@ def test_no_faults_when_rates_are_zero() -> None:
             key = (message.device_id, reading.metric)
             assert reading.ts_us > last.get(key, 0)
             last[key] = reading.ts_us
+    # And the city's messages come out in time order: a live run publishes them evenly, not in bursts.
+    newest = [max(r.ts_us for r in m.readings) for m in messages]
+    assert newest == sorted(newest)
 
 
 def test_duplicates_resend_an_earlier_message_byte_for_byte(settings: SimulatorSettings) -> None:
