@@ -22,11 +22,13 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from consumers.applied import InsertMode
 from consumers.batch import KafkaRecord, PreparedBatch, dead_letter_for, prepare, split_by_partition
 from consumers.deadletters import send_dead_letters
+from consumers.fetch import BatchFetcher
 from consumers.http import ProbeServer
 from consumers.maintenance import retention_loop
 from consumers.metrics import ConsumerMetrics
 from consumers.settings import ConsumerSettings
 from consumers.sink import apply_batch, is_data_error, is_store_error, stored_offsets
+from consumers.storehealth import StoreHealth
 from core.catalogue import load_catalogue
 from core.deadletter import DeadLetter
 from core.errors import BrokerUnavailable
@@ -61,8 +63,6 @@ class Consumer:
         self.metrics = ConsumerMetrics()
         self._counters = sorted(load_catalogue(settings.catalogue_file).counters())
         self._insert_mode = InsertMode()
-        self._record_bytes = 256.0
-        """Recent mean size of a record's value, to ask the fetcher for about a batch's bytes."""
         self._pool: asyncpg.Pool | None = None
         self._kafka: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -77,10 +77,8 @@ class Consumer:
         self._to_commit: dict[TopicPartition, int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
-        self._store_ok = False
-        self._store_down_at = 0.0
-        self._store_warned = False
-        self._store_error: str | None = "no batch applied yet"
+        self._store = StoreHealth(self.metrics)
+        self._fetcher = BatchFetcher(settings, lambda: self._generation)
         self._stopped = False
 
     @property
@@ -104,9 +102,9 @@ class Consumer:
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """Ready while started and the store accepts batches."""
-        ready = self._run_task is not None and not self._run_task.done() and self._store_ok
+        ready = self._run_task is not None and not self._run_task.done() and self._store.ok
         return ready, {
-            "store": "ok" if self._store_ok else f"unavailable: {self._store_error}",
+            "store": "ok" if self._store.ok else f"unavailable: {self._store.error}",
             "partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in self._assigned),
         }
 
@@ -144,6 +142,7 @@ class Consumer:
                 session_timeout_ms=s.kafka_session_timeout_ms,
                 heartbeat_interval_ms=max(100, s.kafka_session_timeout_ms // 5),
             )
+            self._store.kafka = self._kafka
             self._kafka.subscribe([s.readings_topic], listener=_Rebalance(self))
             try:
                 await self._producer.start()
@@ -214,7 +213,7 @@ class Consumer:
         # commits before N+1 starts, so a failed batch can never be overtaken by the next one.
         try:
             while True:
-                records = await self._fetch()
+                records = await self._fetcher.fetch(self._k)
                 generation = self._generation
                 # Plain tuples hash and compare like TopicPartition and cost less to build.
                 records = [r for r in records if (r.topic, r.partition) in self._assigned]
@@ -228,47 +227,13 @@ class Consumer:
                     self._idle.clear()
                     self._pending = asyncio.create_task(self._apply(shards, len(records), generation))
                     self._pending.add_done_callback(lambda _: self._idle.set())
-                elif not self._store_ok:
+                elif not self._store.ok:
                     await self._ping_store()
                 self._update_lag()
         finally:
             if self._pending is not None:
                 self._pending.cancel()
                 await asyncio.gather(self._pending, return_exceptions=True)
-
-    async def _fetch(self) -> list[KafkaRecord]:
-        """Up to ``batch_max_records`` records and about ``batch_max_bytes`` of values, waiting at most
-        ``batch_max_wait_ms`` for them."""
-        loop = asyncio.get_running_loop()
-        limit = self.settings.batch_max_records
-        byte_limit = self.settings.batch_max_bytes
-        deadline = loop.time() + self.settings.batch_max_wait_ms / 1000
-        out: list[KafkaRecord] = []
-        size = 0
-        while True:
-            remaining = deadline - loop.time()
-            generation = self._generation
-            # Ask for as many records as the bytes left should hold at the sizes seen lately, so one
-            # call overshoots the byte budget by little even when the fetcher holds far more.
-            wanted = min(limit - len(out), max(1, int((byte_limit - size) / self._record_bytes)))
-            data = await self._k.getmany(timeout_ms=max(0, int(remaining * 1000)), max_records=wanted)
-            if self._generation != generation:
-                # Partitions were assigned and sought to the stored offsets meanwhile: what was
-                # gathered before came from the positions the seeks replaced (e.g. the reset to the
-                # earliest offset before the stored ones were read); applying it would apply later
-                # records before earlier ones. The fetcher delivers from the new positions on.
-                out.clear()
-                size = 0
-            got = got_bytes = 0
-            for recs in data.values():
-                out.extend(recs)
-                got += len(recs)
-                got_bytes += sum(len(r.value) for r in recs if r.value is not None)
-            if got:
-                self._record_bytes = max(1.0, 0.5 * self._record_bytes + 0.5 * got_bytes / got)
-            size += got_bytes
-            if len(out) >= limit or size >= byte_limit or remaining <= 0:
-                return out
 
     def _prepare(self, records: Sequence[KafkaRecord]) -> list[tuple[Sequence[KafkaRecord], PreparedBatch]]:
         """Decode ``records`` into one prepared batch per group of partitions applied in parallel."""
@@ -321,11 +286,11 @@ class Consumer:
                     return
                 if not is_store_error(exc):
                     raise
-                self._store_down(exc)
+                self._store.down(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, s.db_retry_max_s)
                 continue
-            self._store_up(attempt)
+            self._store.up(attempt)
             self._insert_mode.record(applied)
             m = self.metrics
             m.batch_seconds.observe(time.perf_counter() - started)
@@ -366,30 +331,6 @@ class Consumer:
 
     # -- store health -----------------------------------------------------------------------------
 
-    def _store_down(self, exc: BaseException) -> None:
-        self.metrics.store_errors.inc()
-        self._store_error = f"{type(exc).__name__}: {exc}"
-        if not self._store_warned:
-            self._store_warned = True
-            log.warning("the store is unavailable, pausing consumption: %s", self._store_error)
-        self._store_ok = False
-        self._store_down_at = time.monotonic()
-        self.metrics.store_up.set(0)
-        if self._kafka is not None:
-            self._kafka.pause(*self._kafka.assignment())
-
-    def _store_up(self, attempt_started: float) -> None:
-        # Shards apply in parallel: a batch that began before another one failed proves nothing about
-        # the store now, so only an attempt started after the last failure brings the store back up.
-        if not self._store_ok and attempt_started > self._store_down_at:
-            log.info("the store is available, consuming")
-            self._store_ok = True
-            self._store_warned = False
-            self._store_error = None
-            self.metrics.store_up.set(1)
-            if self._kafka is not None:
-                self._kafka.resume(*self._kafka.paused())
-
     async def _ping_store(self) -> None:
         attempt = time.monotonic()
         try:
@@ -398,10 +339,10 @@ class Consumer:
         except Exception as exc:
             if not is_store_error(exc):
                 raise
-            self._store_down(exc)
+            self._store.down(exc)
             await asyncio.sleep(min(1.0, self.settings.db_retry_max_s))
         else:
-            self._store_up(attempt)
+            self._store.up(attempt)
 
     # -- rebalancing, lag and Kafka commits -------------------------------------------------------
 
@@ -434,7 +375,7 @@ class Consumer:
             except Exception as exc:
                 if not is_store_error(exc):
                     raise
-                self._store_down(exc)
+                self._store.down(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.db_retry_max_s)
         missing = [tp for tp in assigned if tp not in stored]
@@ -452,7 +393,7 @@ class Consumer:
             self._positions[tp] = offset
         self._assigned |= assigned
         self._generation += 1
-        if not self._store_ok:
+        if not self._store.ok:
             self._k.pause(*assigned)
         log.info(
             "partitions assigned: %s (stored offsets %s)",
