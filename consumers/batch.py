@@ -33,6 +33,8 @@ Partition = tuple[str, int]
 """(topic, partition)"""
 Row = tuple[str, str, int, float, int]
 """(device_id, metric, ts_us, value, flags)"""
+Item = tuple[str, int, float, int]
+"""One reading of an envelope: (metric, ts_us, value, flags)."""
 
 
 class KafkaRecord(Protocol):
@@ -67,13 +69,13 @@ class Rows:
         self.values = array("d")
         self.flags = array("H")
 
-    def append(self, row: Row) -> None:
+    def append(self, device: str, metric: str, ts_us: int, value: float, flags: int) -> None:
         """Add one reading."""
-        self.devices.append(row[0])
-        self.metrics.append(row[1])
-        self.ts_us.append(row[2])
-        self.values.append(row[3])
-        self.flags.append(row[4])
+        self.devices.append(device)
+        self.metrics.append(metric)
+        self.ts_us.append(ts_us)
+        self.values.append(value)
+        self.flags.append(flags)
 
     def __len__(self) -> int:
         return len(self.ts_us)
@@ -164,8 +166,8 @@ def dead_letter_for(
     )
 
 
-def _plain_envelope(raw: bytes | None) -> tuple[str, str, int, list[Row]] | None:
-    """(device, domain, received_us, rows) of an ordinary, storable envelope; None for anything else.
+def _plain_envelope(raw: bytes | None) -> tuple[str, str, int, list[Item]] | None:
+    """(device, domain, received_us, readings) of an ordinary, storable envelope; None for anything else.
 
     The fast path of :func:`prepare`, about half the cost of building an :class:`Envelope`: it
     accepts only what ``decode_envelope`` and :func:`check_storable` accept, with the same readings, and
@@ -197,7 +199,7 @@ def _plain_envelope(raw: bytes | None) -> tuple[str, str, int, list[Row]] | None
         and items
     ):
         return None
-    rows: list[Row] = []
+    readings: list[Item] = []
     for item in items:
         if type(item) is not list or len(item) != 4:
             return None
@@ -217,8 +219,8 @@ def _plain_envelope(raw: bytes | None) -> tuple[str, str, int, list[Row]] | None
             value = float(value)
         elif type(value) is not float or not math.isfinite(value):
             return None
-        rows.append((device, metric, ts, value, flags))
-    return device, domain, received, rows
+        readings.append((metric, ts, value, flags))
+    return device, domain, received, readings
 
 
 def prepare(records: Iterable[KafkaRecord], *, component_id: str, now_us: int) -> PreparedBatch:
@@ -246,18 +248,18 @@ def prepare(records: Iterable[KafkaRecord], *, component_id: str, now_us: int) -
                 )
                 continue
             device, domain, received = env.device_id, env.domain, env.received_us
-            env_rows = [(device, r.metric, r.ts_us, r.value, r.flags) for r in env.readings]
+            items = [(r.metric, r.ts_us, r.value, r.flags) for r in env.readings]
         else:
-            device, domain, received, env_rows = plain
-        batch.readings += len(env_rows)
+            device, domain, received, items = plain
+        batch.readings += len(items)
         device = names.setdefault(device, device)
         last_ts = -1
-        for _, metric, ts, value, flags in env_rows:
+        for metric, ts, value, flags in items:
             metric = names.setdefault(metric, metric)
             key = (device, metric, ts)
             if key not in seen:
                 seen.add(key)
-                rows.append((device, metric, ts, value, flags))
+                rows.append(device, metric, ts, value, flags)
             if ts > last_ts:
                 last_ts = ts
         dev = devices.get(device)
