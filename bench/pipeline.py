@@ -13,7 +13,6 @@ import json
 import os
 import re
 import sys
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -27,7 +26,7 @@ from bench.procmem import Watched, Watcher, pids_with_argument
 from devstack.kafka import ensure_topics
 from devstack.mosquitto import MosquittoBroker
 from devstack.postgres import PostgresCluster
-from devstack.process import ChildProcess, ServiceError, free_port, http_ok
+from devstack.process import ChildProcess, ServiceError, free_port, wait_healthy
 from devstack.tansu import TansuBroker
 from migrations import apply_migrations
 from simulator.settings import SimulatorSettings
@@ -118,15 +117,8 @@ class Pipeline:
             )
             self.procs.append(proc)
             proc.start()
-            await self._wait_healthy(proc, health)
+            await wait_healthy(proc, health, 60.0)
         self._conn = await asyncpg.connect(self.dsn)
-
-    async def _wait_healthy(self, proc: ChildProcess, url: str, within_s: float = 60.0) -> None:
-        deadline = time.monotonic() + within_s
-        while not await asyncio.to_thread(http_ok, url):
-            if not proc.alive() or time.monotonic() > deadline:
-                raise ServiceError(f"{proc.name} did not become healthy:\n{proc.tail()}")
-            await asyncio.sleep(0.2)
 
     def bridge_url(self, path: str) -> str:
         """A URL of the bridge's HTTP endpoints."""

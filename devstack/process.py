@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -231,3 +232,16 @@ def http_ok(url: str) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+async def wait_healthy(proc: ChildProcess, url: str, within_s: float) -> None:
+    """Wait until ``proc`` answers 200 at ``url``; ServiceError (with its log's tail) if it exits first
+    or takes longer than ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise ServiceError(f"{proc.name} exited during start-up:\n{proc.tail()}")
+        if await asyncio.to_thread(http_ok, url):
+            return
+        await asyncio.sleep(0.2)
+    raise ServiceError(f"{proc.name} did not become healthy within {within_s:.0f}s:\n{proc.tail()}")

@@ -22,7 +22,7 @@ from devstack.kafka import ensure_topics
 from devstack.lag import forget_offsets, total_lag
 from devstack.mosquitto import MosquittoBroker
 from devstack.postgres import PostgresCluster
-from devstack.process import ChildProcess, ServiceError, free_port, http_ok, port_is_free
+from devstack.process import ChildProcess, ServiceError, free_port, port_is_free, wait_healthy
 from devstack.settings import DevSettings
 from devstack.tansu import TansuBroker
 from migrations import apply_migrations
@@ -210,17 +210,7 @@ class DevStack:
         for comp in self.components:
             comp.proc.start()
             if comp.health_url is not None:
-                await self._wait_healthy(comp, comp.health_url, within_s)
-
-    async def _wait_healthy(self, comp: Component, url: str, within_s: float) -> None:
-        deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline:
-            if not comp.proc.alive():
-                raise ServiceError(f"{comp.name} exited during start-up:\n{comp.proc.tail()}")
-            if await asyncio.to_thread(http_ok, url):
-                return
-            await asyncio.sleep(0.2)
-        raise ServiceError(f"{comp.name} did not become healthy within {within_s:.0f}s:\n{comp.proc.tail()}")
+                await wait_healthy(comp.proc, comp.health_url, within_s)
 
     async def supervise(self) -> None:
         """Restart any component that dies, with backoff, and keep Tansu's memory bounded; until cancelled."""
@@ -291,7 +281,7 @@ class DevStack:
         for comp in comps:
             comp.respawn()
             if comp.health_url is not None:
-                await self._wait_healthy(comp, comp.health_url, 60.0)
+                await wait_healthy(comp.proc, comp.health_url, 60.0)
 
     def describe(self) -> str:
         """Every endpoint the stack started, for the user's own clients."""
