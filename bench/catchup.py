@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 
+from bench.consume import prefill
 from bench.pipeline import ROOT, child_env
 from bench.procmem import status_kb
-from core.readings import Envelope, Reading, encode_envelope
+from core.readings import Envelope, Reading
 from devstack.kafka import ensure_topics
 from devstack.postgres import PostgresCluster
 from devstack.process import ChildProcess, free_port
@@ -37,42 +37,21 @@ START_US = 1_750_000_000_000_000
 TARGET_MB = 300
 
 
-def backlog(shape: int, readings: int) -> list[tuple[bytes, bytes]]:
-    """(key, value) of records of ``shape`` readings each, every device in turn, one minute apart."""
+def backlog(shape: int, readings: int) -> list[Envelope]:
+    """Records of ``shape`` readings each, every device in turn, one minute apart."""
     out = []
     for i in range(readings // shape):
         device = f"building-{i % DEVICES:05d}"
         base = START_US + (i // DEVICES) * shape * 60_000_000
-        env = Envelope(
-            device,
-            "building",
-            "bench-bridge",
-            base,
-            tuple(
-                Reading("temperature", base + j * 60_000_000, 20.0 + (i + j) % 97 / 10, 0)
-                for j in range(shape)
-            ),
+        readings_of = tuple(
+            Reading("temperature", base + j * 60_000_000, 20.0 + (i + j) % 97 / 10, 0) for j in range(shape)
         )
-        out.append((device.encode(), encode_envelope(env)))
+        out.append(Envelope(device, "building", "bench-bridge", base, readings_of))
     return out
-
-
-async def prefill(bootstrap: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=20, max_batch_size=1 << 20
-    )
-    await producer.start()
-    try:
-        for i in range(0, len(records), 5_000):
-            futures = [await producer.send("readings", v, key=k) for k, v in records[i : i + 5_000]]
-            await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 async def one_shape(shape: int, readings: int, extra: dict[str, str]) -> dict[str, float]:
     records = backlog(shape, readings)
-    size = sum(len(v) for _, v in records)
     with tempfile.TemporaryDirectory(prefix="cityingest-catchup-") as tmp:
         pg = PostgresCluster(Path(tmp) / "pg", free_port())
         kafka = TansuBroker(Path(tmp), free_port())
@@ -83,7 +62,7 @@ async def one_shape(shape: int, readings: int, extra: dict[str, str]) -> dict[st
             kafka.start()
             await apply_migrations(dsn)
             await ensure_topics(kafka.bootstrap, {"readings": 6, "readings.dlq": 1})
-            await prefill(kafka.bootstrap, records)
+            size = await prefill(kafka.bootstrap, "readings", records)
             env = child_env(
                 database_url=dsn,
                 kafka_bootstrap=kafka.bootstrap,

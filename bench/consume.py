@@ -66,6 +66,8 @@ def make_stream(devices: int, minutes: int, rnd: random.Random) -> list[Envelope
 
 
 async def prefill(bootstrap: str, topic: str, stream: list[Envelope]) -> int:
+    """Produce ``stream`` to ``topic`` keyed by device, as the bridge does; returns the bytes of values."""
+    size = 0
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         enable_idempotence=False,
@@ -76,14 +78,15 @@ async def prefill(bootstrap: str, topic: str, stream: list[Envelope]) -> int:
     await producer.start()
     try:
         for i in range(0, len(stream), 20_000):
-            futures = [
-                await producer.send(topic, encode_envelope(env), key=env.device_id.encode())
-                for env in stream[i : i + 20_000]
-            ]
+            futures = []
+            for env in stream[i : i + 20_000]:
+                value = encode_envelope(env)
+                size += len(value)
+                futures.append(await producer.send(topic, value, key=env.device_id.encode()))
             await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    return len(stream)
+    return size
 
 
 async def copy_ceiling(
