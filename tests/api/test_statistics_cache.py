@@ -65,13 +65,19 @@ def meter(device: str, start: datetime, step: timedelta, n: int, value: float = 
     return out
 
 
-async def statistics(client: httpx.AsyncClient, auth: dict[str, str], by: str | None) -> list[dict[str, Any]]:
-    params = {"metric": METRIC, "start": "2024-01", "end": "2024-04"}
+async def monthly(
+    client: httpx.AsyncClient, auth: dict[str, str], by: str | None, **extra: str
+) -> httpx.Response:
+    params = {"metric": METRIC, "start": "2024-01", "end": "2024-04", **extra}
     if by:
         params["by"] = by
     resp = await client.get("/v1/statistics/monthly", params=params, headers=auth)
     assert resp.status_code == 200, resp.text
-    items: list[dict[str, Any]] = resp.json()["items"]
+    return resp
+
+
+async def statistics(client: httpx.AsyncClient, auth: dict[str, str], by: str | None) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = (await monthly(client, auth, by)).json()["items"]
     return items
 
 
@@ -83,17 +89,8 @@ async def same_everywhere(
         reference = await statistics(uncached, auth, by)
         assert await statistics(client, auth, by) == reference, by
         assert await statistics(client, auth, by) == reference, by  # now from the cache
-        csv_ref = await uncached.get(
-            "/v1/statistics/monthly",
-            params={"metric": METRIC, "start": "2024-01", "end": "2024-04", "by": by or "", "format": "csv"},
-            headers=auth,
-        )
-        csv_got = await client.get(
-            "/v1/statistics/monthly",
-            params={"metric": METRIC, "start": "2024-01", "end": "2024-04", "by": by or "", "format": "csv"},
-            headers=auth,
-        )
-        assert csv_got.text == csv_ref.text
+        csv_ref = await monthly(uncached, auth, by, format="csv")
+        assert (await monthly(client, auth, by, format="csv")).text == csv_ref.text, by
     return {(c["period"], c["district"]): c for c in await statistics(client, auth, "district")}
 
 
