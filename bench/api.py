@@ -41,6 +41,7 @@ from api.auth import Scope
 from api.keys import create_api_key
 from api.settings import ApiSettings
 from api.statistics import month_range
+from bench.ingest import cpu_seconds
 from devstack.postgres import PostgresCluster
 from devstack.process import free_port
 from migrations import apply_migrations
@@ -259,12 +260,9 @@ async def server_cpu_ms(dsn: str, domains: Sequence[str], runs: int) -> float | 
 def process_cpu_s(pid: int) -> float | None:
     """User + system CPU seconds of a local process, None if there is none."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        return cpu_seconds(pid)
     except OSError:
         return None
-    # utime and stime are the 14th and 15th fields; the 2nd, the command, may hold spaces.
-    fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from bench.mqttpub import PacketStream, QoS1Publisher
+from bench.procmem import status_kb
 from core.readings import from_us
 from core.topics import telemetry_topic
 from core.types import Provenance
@@ -152,14 +153,6 @@ def publish(
     return Sent(t0, max([last, *probe_times]), probe_times)
 
 
-def peak_rss_kb() -> int:
-    """This process's peak resident memory (VmHWM), in KiB."""
-    for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
-
-
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -219,7 +212,7 @@ def main() -> int:
         "all_acked": all_acked,
         "probes": sent.probes,
         "publishing_cpu_s": _cpu_seconds() - cpu_before,
-        "vmhwm_kb": peak_rss_kb(),
+        "vmhwm_kb": status_kb(os.getpid(), "VmHWM") or 0,
     }
     args.result.write_text(json.dumps(result), encoding="utf-8")
     return 0
