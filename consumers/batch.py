@@ -17,15 +17,11 @@ import orjson
 
 from core.deadletter import DeadLetter
 from core.errors import EnvelopeError
-from core.readings import ENVELOPE_VERSION, Envelope, decode_envelope
+from core.readings import ENVELOPE_VERSION, MAX_TS_US, MIN_TS_US, Envelope, decode_envelope
 from core.types import ReadingFlag, RejectReason
 
 MAX_ID_CHARS: Final = 200
 """Longest device id, metric or domain the store accepts (keeps index entries small)."""
-MIN_TS_US: Final = 0
-"""1970-01-01: smart-city readings are never older."""
-MAX_TS_US: Final = 32_503_680_000_000_000
-"""3000-01-01: anything later is a broken clock, not a reading."""
 
 _FLAG_BITS: Final = int(ReadingFlag.OUT_OF_RANGE | ReadingFlag.NO_TIMESTAMP | ReadingFlag.UNIT_CONVERTED)
 

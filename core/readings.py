@@ -24,6 +24,19 @@ from core.types import ReadingFlag, RejectReason
 
 ENVELOPE_VERSION: Final = 1
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+MIN_TS_US: Final = 0
+"""1970-01-01T00:00:00Z, the earliest reading time any stage accepts: smart-city readings are never older."""
+MAX_TS_US: Final = 32_503_680_000_000_000
+"""3000-01-01T00:00:00Z (exclusive): anything later is a broken clock, not a reading."""
+TS_RANGE_TEXT: Final = "1970-01-01T00:00:00Z <= time < 3000-01-01T00:00:00Z"
+
+
+def ts_in_range(ts_us: int) -> bool:
+    """Whether a reading time is inside the one range every stage (bridge, consumer, store) accepts."""
+    return MIN_TS_US <= ts_us < MAX_TS_US
+
+
 _MAX_FLAGS: Final = int(ReadingFlag.OUT_OF_RANGE | ReadingFlag.NO_TIMESTAMP | ReadingFlag.UNIT_CONVERTED)
 
 
