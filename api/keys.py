@@ -1,14 +1,36 @@
-"""Create and revoke API keys (the ``cityingest apikey`` command and the dev stack call these)."""
+"""Create, list and revoke API keys (the ``cityingest apikey`` command and the dev stack call these)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 
 from api import queries
-from api.auth import check_scopes, new_key
+from api.auth import check_scopes, hash_secret, new_key, parse_key
+from core.errors import StoreUnavailable
+
+
+@contextlib.asynccontextmanager
+async def _connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """One connection; a database that cannot be reached is a :class:`StoreUnavailable` naming where."""
+    try:
+        conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        where = _where(dsn)
+        raise StoreUnavailable(f"cannot reach the database at {where}: {exc}") from exc
+    try:
+        yield conn
+    finally:
+        await asyncio.shield(conn.close())
+
+
+def _where(dsn: str) -> str:
+    # host:port/db of the DSN, never its password.
+    rest = dsn.split("://", 1)[-1]
+    return rest.rsplit("@", 1)[-1] or "the default socket"
 
 
 async def create_api_key(dsn: str, name: str, scopes: Sequence[str]) -> str:
@@ -17,18 +39,28 @@ async def create_api_key(dsn: str, name: str, scopes: Sequence[str]) -> str:
         raise ValueError("an API key needs a name")
     checked = check_scopes(list(scopes))
     key = new_key()
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with _connect(dsn) as conn:
         await queries.insert_api_key(conn, key.key_id, name, key.secret_sha256, checked)
-    finally:
-        await asyncio.shield(conn.close())
     return key.plaintext
+
+
+async def list_api_keys(dsn: str) -> list[queries.ApiKeyInfo]:
+    """Every key, newest first (never a secret: only hashes are stored)."""
+    async with _connect(dsn) as conn:
+        return await queries.list_api_keys(conn)
 
 
 async def revoke_api_key(dsn: str, key_id: str) -> bool:
     """Revoke the key ``key_id``; False if no such unrevoked key exists."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with _connect(dsn) as conn:
         return await queries.revoke_api_key(conn, key_id)
-    finally:
-        await asyncio.shield(conn.close())
+
+
+async def key_has_scopes(dsn: str, plaintext: str, scopes: Sequence[str]) -> bool:
+    """Whether ``plaintext`` is a stored, unrevoked key holding every one of ``scopes``."""
+    parsed = parse_key(plaintext)
+    if parsed is None:
+        return False
+    async with _connect(dsn) as conn:
+        held = await queries.active_api_key(conn, parsed[0], hash_secret(parsed[1]))
+    return held is not None and set(scopes) <= set(held)

@@ -88,6 +88,42 @@ async def insert_api_key(
     )
 
 
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """What an operator may see of a key: everything but its secret's hash."""
+
+    key_id: str
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+async def list_api_keys(conn: asyncpg.Connection) -> list[ApiKeyInfo]:
+    """Every key, newest first."""
+    rows = await conn.fetch(
+        "SELECT key_id, name, scopes, created_at, last_used_at, revoked_at FROM api_keys "
+        "ORDER BY created_at DESC, key_id"
+    )
+    return [
+        ApiKeyInfo(
+            r["key_id"], r["name"], list(r["scopes"]), r["created_at"], r["last_used_at"], r["revoked_at"]
+        )
+        for r in rows
+    ]
+
+
+async def active_api_key(conn: asyncpg.Connection, key_id: str, digest: bytes) -> list[str] | None:
+    """The scopes of key ``key_id`` when its secret hashes to ``digest`` and it is not revoked."""
+    scopes = await conn.fetchval(
+        "SELECT scopes FROM api_keys WHERE key_id = $1 AND secret_sha256 = $2 AND revoked_at IS NULL",
+        key_id,
+        digest,
+    )
+    return None if scopes is None else list(scopes)
+
+
 async def revoke_api_key(conn: asyncpg.Connection, key_id: str) -> bool:
     """Revoke a key; False if there is no such unrevoked key."""
     status = await conn.execute(

@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass, field
 
 from api.auth import Scope, parse_key
-from api.keys import create_api_key, revoke_api_key
+from api.keys import create_api_key, key_has_scopes, revoke_api_key
 from devstack.kafka import ensure_topics
 from devstack.lag import forget_offsets, total_lag
 from devstack.mosquitto import MosquittoBroker
 from devstack.postgres import PostgresCluster
 from devstack.process import ChildProcess, ServiceError, free_port, port_is_free, wait_healthy
+from devstack.runfile import remove_run_file, write_run_file
 from devstack.settings import DevSettings
 from devstack.tansu import TansuBroker
 from migrations import apply_migrations
@@ -123,15 +124,24 @@ class DevStack:
         self.api_key = await self._dev_key()
 
     async def _dev_key(self) -> str:
-        """A development API key with every scope; the previous run's key is revoked first."""
+        """The development API key with every scope: the one kept in the state directory while it is valid.
+
+        A key that was revoked (or a database that was reset) gets a new key; the old one is revoked.
+        """
         path = self.key_file
+        scopes = [s.value for s in Scope]
         if path.exists():
-            parsed = parse_key(path.read_text(encoding="utf-8").strip())
+            old = path.read_text(encoding="utf-8").strip()
+            if await key_has_scopes(self.endpoints.database, old, scopes):
+                return old
+            parsed = parse_key(old)
             if parsed is not None:
                 await revoke_api_key(self.endpoints.database, parsed[0])
-        key = await create_api_key(self.endpoints.database, "cityingest dev", [s.value for s in Scope])
-        path.write_text(key + "\n", encoding="utf-8")
-        path.chmod(0o600)
+        key = await create_api_key(self.endpoints.database, "cityingest dev", scopes)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(key + "\n", encoding="utf-8")
+        tmp.chmod(0o600)
+        tmp.replace(path)
         return key
 
     # -- components ---------------------------------------------------------------------------
@@ -211,6 +221,12 @@ class DevStack:
             comp.proc.start()
             if comp.health_url is not None:
                 await wait_healthy(comp.proc, comp.health_url, within_s)
+
+    async def wait_ready(self, within_s: float = 120.0) -> None:
+        """Wait until every component that has them answers 200 on /readyz (the banner comes after)."""
+        for comp in self.components:
+            if comp.health_url is not None:
+                await wait_healthy(comp.proc, comp.health_url.replace("/healthz", "/readyz"), within_s)
 
     async def supervise(self) -> None:
         """Restart any component that dies, with backoff, and keep Tansu's memory bounded; until cancelled."""
@@ -349,9 +365,13 @@ async def serve(settings: DevSettings) -> None:
             raise
         await stack.prepare_store()
         stack.plan_components()
+        e = stack.endpoints
+        write_run_file(stack.state, {"database": e.database, "api": e.api, "mqtt": e.mqtt, "kafka": e.kafka})
         await stack.start_components()
+        await stack.wait_ready()
         print(stack.describe(), flush=True)
         await stack.supervise()
     finally:
         await asyncio.shield(stack.stop())
+        remove_run_file(stack.state)
         print("cityingest dev stopped.", flush=True)

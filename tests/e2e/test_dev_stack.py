@@ -33,9 +33,9 @@ STARTUP_LIMIT_S = 180
 class DevRun:
     """One ``cityingest dev`` process with its ports and output."""
 
-    def __init__(self, state_dir: Path, *extra: str) -> None:
+    def __init__(self, state_dir: Path, *extra: str, ports: dict[str, int] | None = None) -> None:
         self.state_dir = state_dir
-        self.ports = {name: free_port() for name in ("api", "mqtt", "kafka", "pg")}
+        self.ports = ports or {name: free_port() for name in ("api", "mqtt", "kafka", "pg")}
         self.output = state_dir.parent / f"dev-{time.monotonic_ns()}.out"
         argv = [sys.executable, "-m", "cli", "dev", "--state-dir", str(state_dir)]
         for name, port in self.ports.items():
