@@ -16,6 +16,11 @@ def telemetry_topic(prefix: str, domain: str, device_id: str) -> str:
 
 
 def telemetry_filter(prefix: str, shared_group: str | None = None) -> str:
-    """The MQTT subscription filter that matches every device's telemetry, optionally shared."""
-    flt = f"{prefix}/+/+/{TELEMETRY_SUFFIX}"
+    """The bridge's MQTT subscription, optionally shared: everything under the prefix.
+
+    Wider than the telemetry topics on purpose: a device that publishes to ``<prefix>/<domain>/<id>/status``
+    or one level too deep gets a ``bad_topic`` dead letter the operators see, instead of an acknowledged
+    message that silently goes nowhere.
+    """
+    flt = f"{prefix}/#"
     return f"$share/{shared_group}/{flt}" if shared_group else flt

@@ -104,7 +104,7 @@ def _unknown_shape(c: _Case) -> Built:
 
 
 def _bad_topic(c: _Case) -> Built:
-    # The subscription <prefix>/+/+/telemetry still matches: the bridge sees and must refuse these.
+    # Under the bridge's subscription <prefix>/#: the bridge sees and must refuse these.
     if c.rng.randrange(2) == 0:
         device_id = ""  # a topic template whose device variable was never filled in
     else:
