@@ -33,6 +33,7 @@ from core.topics import telemetry_filter
 from ingest.metrics import BridgeStats
 from ingest.paho_client import AsyncioPahoClient
 from ingest.settings import BridgeSettings
+from ingest.tls import start_tls, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class MqttSource:
         self._on_message = on_message
         self._filter = telemetry_filter(settings.mqtt_topic_prefix, settings.shared_group)
         self._loop = asyncio.get_running_loop()
+        self._tls = tls_context(settings)
         self._client = self._build_client()
         self.generation = 0
         """Increases with every successful connection; acks are only valid within one."""
@@ -204,7 +206,14 @@ class MqttSource:
                 continue
             # PUBACKs are tiny; Nagle would hold them back behind unacknowledged data.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
+            if self._tls is None:
+                return sock
+            try:
+                return await start_tls(sock, self._tls, s.mqtt_host)
+            except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError: a refused certificate
+                sock.close()
+                error = exc if isinstance(exc, OSError) else OSError(f"TLS handshake with {addr} timed out")
+                continue
         raise error
 
     async def run(self) -> None:

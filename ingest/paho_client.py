@@ -1,11 +1,20 @@
 """paho-mqtt's client, adapted to be driven by an asyncio loop at high message rates.
 
-Three private hooks of paho 2 are overridden (paho is pinned below 3):
+Everything private of paho 2 that cityingest relies on (paho is pinned below 2.3; the contract test
+``tests/ingest/test_paho_contract.py`` fails, naming the hook, when an installed paho changes one):
+
+* the methods overridden here, :data:`OVERRIDDEN_METHODS`, and the places paho calls them from;
+* ``Client._in_packet["command"]`` and ``["packet"]`` (the PUBLISH being handled) and ``Client._sock``
+  (the connected socket, to drain a TLS socket's decrypted bytes);
+* ``MQTTMessage(mid=..., topic=<bytes>)`` and ``MQTTMessage._topic`` (the raw topic bytes, which
+  ``ingest/bridge.py`` reads when a topic is not UTF-8).
+
+The overrides:
 
 * ``_sock_recv`` reads the socket in large chunks and serves paho's small reads from a buffer (paho reads
   a packet a few bytes at a time otherwise: three system calls per message);
-* ``_create_socket_connection`` returns a socket the event loop already connected, so (re)connecting never
-  blocks the loop;
+* ``_create_socket_connection`` returns a socket the event loop already connected (and, with TLS, already
+  wrapped and through its handshake: :mod:`ingest.tls`), so (re)connecting never blocks the loop;
 * ``_handle_publish`` decodes QoS 0/1 PUBLISH packets without building MQTT 5 property objects or
   matching per-topic callbacks, and hands each message to ``deliver``.
 """
@@ -13,6 +22,7 @@ Three private hooks of paho 2 are overridden (paho is pinned below 3):
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Final
 
@@ -20,6 +30,13 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 _READ_BUFFER: Final = 262_144
+
+OVERRIDDEN_METHODS: Final = {
+    "_sock_recv": ("self", "bufsize"),
+    "_handle_publish": ("self",),
+    "_create_socket_connection": ("self",),
+}
+"""Private methods of ``paho.mqtt.client.Client`` overridden below, with the parameters they must have."""
 
 
 class AsyncioPahoClient(paho.Client):
@@ -39,6 +56,10 @@ class AsyncioPahoClient(paho.Client):
             if not data:
                 return data
             self.rbuf += data
+            # TLS: bytes already decrypted inside the SSL object would not make the socket readable.
+            sock = self._sock
+            while isinstance(sock, ssl.SSLSocket) and (pending := sock.pending()):
+                self.rbuf += sock.recv(pending)
         chunk = bytes(self.rbuf[:bufsize])
         del self.rbuf[:bufsize]
         return chunk

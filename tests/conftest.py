@@ -7,12 +7,15 @@ missing binary fails the run with the command that installs it; nothing is skipp
 from __future__ import annotations
 
 import asyncio
+import gc
+import inspect
 import itertools
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +27,7 @@ from devstack.tansu import TansuBroker
 from migrations import apply_migrations
 
 TEMPLATE_DB = "cityingest_template"
+LOOP_GUARD = "loop_exception_guard"
 _db_counter = itertools.count(1)
 
 # Tests may crash PostgreSQL (SIGKILL) but never the machine, so fsync buys nothing here but time;
@@ -34,6 +38,39 @@ TEST_PG_SETTINGS = {
     "timescaledb.max_background_workers": "0",
     "max_connections": "300",
 }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every coroutine test fails on what its event loop swallowed (asyncpg's test base does the same)."""
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is not None and inspect.iscoroutinefunction(function):
+            fixturenames: list[str] = getattr(item, "fixturenames", [])
+            if LOOP_GUARD not in fixturenames:
+                fixturenames.insert(0, LOOP_GUARD)
+
+
+@pytest.fixture
+async def loop_exception_guard() -> AsyncIterator[None]:
+    """Fail the test if anything reached the loop's exception handler while it ran: a task that died
+    with nobody awaiting it, a callback that raised, an exception never retrieved from a future."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    try:
+        yield
+        gc.collect()  # "exception was never retrieved" is reported when the task is collected
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    if seen:
+        described = [
+            f"{c.get('message')}: {c.get('exception')!r} "
+            f"({c.get('task') or c.get('future') or c.get('handle')})"
+            for c in seen
+        ]
+        pytest.fail("the event loop swallowed:\n" + "\n".join(described), pytrace=False)
 
 
 @dataclass(frozen=True)
