@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings
 from cli import apikey
 from cli.flags import add_settings_flags, settings_from_args
 from core.errors import CityIngestError
+from core.runtime import run_until_signalled
 
 log = logging.getLogger("cityingest")
 
@@ -110,25 +111,15 @@ def _configure_logging(settings: BaseSettings) -> None:
     )
 
 
-async def run_until_signalled(coro: Coroutine[Any, Any, None]) -> None:
-    """Run ``coro``; SIGINT or SIGTERM cancels it so that it shuts down through its own cleanup."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(coro)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    try:
-        await task
-    except asyncio.CancelledError:
-        if not task.cancelled():
-            raise
-        log.info("stopped by signal")
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+def _stop_while_starting(_signum: int, _frame: object) -> None:
+    # SIGTERM before the service's own handlers are installed (imports take a moment): nothing runs yet,
+    # so stopping now is a clean stop.
+    raise SystemExit(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cityingest`` command; returns the exit status."""
+    signal.signal(signal.SIGTERM, _stop_while_starting)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "apikey":
