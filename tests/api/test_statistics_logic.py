@@ -130,12 +130,15 @@ def test_shape_cell_counter_total() -> None:
     assert (cell.domain, cell.provenance) == ("water", "official")
 
 
-def test_shape_cell_suppressed_keeps_counts_and_drops_values() -> None:
+def test_shape_cell_suppressed_drops_values_and_the_counts_that_rebuild_them() -> None:
     cell = shape_cell(_row(devices_reporting=2), COUNTER, ["district"], 3)
     assert cell.suppressed
     assert cell.obs_status == "Q"
     assert (cell.mean, cell.min, cell.max, cell.total_consumption) == (None, None, None, None)
-    assert (cell.devices_reporting, cell.readings, cell.completeness) == (2, 40, 0.25)
+    # readings (with a published total and the partners' counts) rebuilds the mean; completeness x
+    # readings_expected rebuilds readings_received, which is readings for devices with an interval.
+    assert (cell.readings, cell.flagged, cell.readings_received, cell.completeness) == (None,) * 4
+    assert (cell.devices_reporting, cell.devices_expected) == (2, int(_row()["devices_expected"]))
 
 
 def test_shape_cell_without_data() -> None:
