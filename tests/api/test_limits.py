@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +15,7 @@ from pydantic import SecretStr
 from api.app import create_app
 from api.keys import create_api_key
 from api.settings import ApiSettings
-from tests.api.conftest import register, started
+from tests.api.conftest import register, started, wait_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -168,3 +169,30 @@ async def test_a_device_of_an_unknown_domain_is_422(client: httpx.AsyncClient, a
     assert (problem["title"], problem["parameter"]) == ("Unknown domain", "domain")
     assert "water" in problem["detail"]
     assert (await client.get("/v1/devices/x", headers=auth)).status_code == 404
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("with_key", "size", "status"), [(False, LIMIT, b"401"), (False, HUGE, b"413"), (True, HUGE, b"413")]
+)
+async def test_a_real_server_answers_before_the_body_is_sent(
+    server: str, key: str, with_key: bool, size: int, status: bytes
+) -> None:
+    """``cityingest api`` under uvicorn answers a PUT from its headers alone: no byte of the body is sent."""
+    await wait_healthy(server)
+    host, _, port = server.removeprefix("http://").partition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        authorization = f"Authorization: Bearer {key}\r\n" if with_key else ""
+        head = (
+            f"PUT /v1/devices/d1 HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"{authorization}Content-Length: {size}\r\n\r\n"
+        )
+        writer.write(head.encode())
+        await writer.drain()
+        # Only a safety net: a server waiting for the body would never answer.
+        line = await asyncio.wait_for(reader.readline(), 30)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert line.split(b" ")[1] == status, line

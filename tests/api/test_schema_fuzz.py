@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from devstack.process import free_port
+from tests.api.conftest import wait_healthy
 from tests.api.test_metrics_endpoints import fill, make_readings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,38 +27,6 @@ EXAMPLES = 25
 NEGATIVE_EXAMPLES = 10
 SCENARIOS = 25
 STEPS = 6
-
-
-@pytest.fixture
-def server(database_url: str) -> Iterator[str]:
-    """``cityingest api`` on this test's store; Kafka at a closed port (lag answers without it)."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        CITYINGEST_DATABASE_URL=database_url,
-        CITYINGEST_API_PORT=str(port),
-        CITYINGEST_KAFKA_BOOTSTRAP="127.0.0.1:9",
-        CITYINGEST_KAFKA_TIMEOUT_S="0.5",
-        CITYINGEST_LOG_LEVEL="WARNING",
-    )
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "api"], env=env)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(20)
-
-
-async def wait_healthy(base: str) -> None:
-    """Wait until the server answers /healthz."""
-    async with httpx.AsyncClient(base_url=base) as client:
-        for _ in range(200):
-            try:
-                await client.get("/healthz")
-            except httpx.TransportError:
-                await asyncio.sleep(0.1)
-            else:
-                return
 
 
 def answered(response: Any, label: str, failures: list[str]) -> None:
