@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from api.decimals import DECIMALS, DEFAULT_DECIMALS, decimals_of, rounded
 from api.statistics import (
     TOTAL,
     completeness,
@@ -160,3 +162,27 @@ def test_missing_metrics_by_domain() -> None:
     assert set(missing_metrics(["water"], [], specs)) == water
     assert "water_flow" not in missing_metrics(["water"], ["water_flow"], specs)
     assert missing_metrics([], [], specs) == []
+
+
+def test_decimals_cover_the_catalogue_and_round_the_noise() -> None:
+    assert {spec.unit for spec in load_catalogue().values()} <= set(DECIMALS)
+    assert rounded(104.99999999999977, decimals_of("kWh")) == 105.0
+    assert rounded(None, 2) is None
+    assert decimals_of("furlongs") == DEFAULT_DECIMALS
+    # A counter's consumption is rounded in the cell; the count of readings is not a value.
+    cell = shape_cell(_row(increase=104.99999999999977), COUNTER, [], 3)
+    assert cell.total_consumption == 105.0
+
+
+def test_docs_state_the_decimals_of_the_code() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text(encoding="utf-8")
+    stated: dict[str, int] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[1].isdigit():
+            for unit, places in ((cells[0], cells[1]), (cells[3], cells[4])):
+                if unit.startswith("`"):
+                    stated[unit.strip("`")] = int(places)
+                elif unit == "any other unit":
+                    assert int(places) == DEFAULT_DECIMALS
+    assert stated == dict(DECIMALS)
