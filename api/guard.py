@@ -80,7 +80,14 @@ class BodyGuard:
         except ValueError:
             length = None
         if length_text is not None and (length is None or length < 0):
-            await self._refuse(scope, receive, send, Problem(400, "Bad Content-Length", "not a byte count"))
+            await self._refuse(
+                scope,
+                receive,
+                send,
+                Problem(
+                    400, "Bad Content-Length", "Content-Length must be a byte count (a non-negative integer)"
+                ),
+            )
             return
         if length is not None and length > self.limit:
             await self._refuse(scope, receive, send, Problem(413, status_title(413), _too_large(self.limit)))
