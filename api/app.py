@@ -6,13 +6,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import asyncpg
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from api.cursor_key import CursorKey
+from api.guard import STORE_DOWN, BodyGuard, store_down_problem
 from api.metrics import ApiMetrics, MetricsMiddleware, StatisticsCacheCollector
+from api.openapi_links import add_links
 from api.problems import install_problem_handlers, problem_response
 from api.routes import aggregates, coverage, devices, health, ops, ops_dashboard, series, statistics
 from api.settings import ApiSettings
@@ -52,13 +56,30 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.catalogue = load_catalogue(settings.catalogue_file)
     app.state.metrics = ApiMetrics()
     app.state.statistics_cache = StatisticsCache(settings.statistics_cache_rows)
+    secret = settings.cursor_secret.get_secret_value() if settings.cursor_secret else None
+    app.state.cursor_key = CursorKey(secret)
     app.state.metrics.registry.register(StatisticsCacheCollector(app.state.statistics_cache))
+    _install_openapi_links(app)
     install_problem_handlers(app)
     _install_store_handlers(app)
     for module in (health, devices, series, aggregates, statistics, coverage, ops, ops_dashboard):
         app.include_router(module.router)
+    # Added first, so it runs inside the metrics middleware: refused requests are counted too.
+    app.add_middleware(BodyGuard, api=app, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
+
+
+def _install_openapi_links(app: FastAPI) -> None:
+    """The generated OpenAPI document, plus the links between operations (api.openapi_links)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = add_links(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_store_handlers(app: FastAPI) -> None:
@@ -66,13 +87,8 @@ def _install_store_handlers(app: FastAPI) -> None:
 
     async def on_store_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("store unavailable while serving %s: %r", request.url.path, exc)
-        return problem_response(
-            503,
-            "Store unavailable",
-            "the database did not answer; retry shortly (GET /readyz shows when it is back)",
-            request.url.path,
-            {"Retry-After": "5"},
-        )
+        down = store_down_problem()
+        return problem_response(down.status, down.title, down.detail, request.url.path, down.headers)
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error serving %s", request.url.path, exc_info=exc)
@@ -94,7 +110,7 @@ def _install_store_handlers(app: FastAPI) -> None:
             request.url.path,
         )
 
-    for exc_type in (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError):
+    for exc_type in STORE_DOWN:
         app.add_exception_handler(exc_type, on_store_down)
     for text_error in (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError):
         app.add_exception_handler(text_error, on_unstorable_text)

@@ -14,9 +14,10 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import Any, Final
 
-from fastapi import Depends, Request
+from fastapi import Request, Security
+from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api import queries
@@ -86,12 +87,28 @@ def check_scopes(scopes: list[str]) -> list[str]:
     return sorted(set(scopes))
 
 
-_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer cik_...`")
+SCHEME: Final = "apiKey"
+"""Name of the security scheme in the OpenAPI document; each operation lists the scope it needs."""
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name=SCHEME,
+    description="An API key: `Authorization: Bearer cik_...`. Each operation's security requirement "
+    "names the scope the key needs (`cityingest apikey create --scope <scope>`).",
+)
 _CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="cityingest"'}
+_REQUIRED: dict[Callable[..., Any], Scope] = {}
 
 
 def _unauthorized(detail: str) -> Problem:
     return Problem(401, "Unauthorized", detail, headers=_CHALLENGE)
+
+
+def bearer_credentials(authorization: str | None) -> HTTPAuthorizationCredentials | None:
+    """The bearer credentials of an ``Authorization`` header, as the routes' dependency reads them."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return HTTPAuthorizationCredentials(scheme=scheme, credentials=token.strip())
 
 
 async def _principal(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
@@ -112,20 +129,44 @@ async def _principal(request: Request, credentials: HTTPAuthorizationCredentials
     return Principal(key_id, row.name, frozenset(row.scopes))
 
 
+async def authorize(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, scope: Scope
+) -> Principal:
+    """The caller behind ``credentials`` if its key has ``scope``: else a 401 or 403 problem."""
+    known: Principal | None = getattr(request.state, "principal", None)
+    # The body guard (api.guard) may have checked the key already, before reading the body.
+    principal = known if known is not None else await _principal(request, credentials)
+    request.state.principal = principal
+    if scope.value not in principal.scopes:
+        raise Problem(
+            403,
+            "Forbidden",
+            f"the key {principal.key_id!r} lacks the scope {scope.value!r} this endpoint needs; "
+            f"create a key with `cityingest apikey create --scope {scope.value}`",
+        )
+    return principal
+
+
 def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
-    """A dependency that admits callers whose key has ``scope``."""
+    """A dependency that admits callers whose key has ``scope``; the OpenAPI lists ``scope`` from it."""
 
+    # A default, not an Annotated annotation: annotations are strings here, and `scope` is a local.
     async def dependency(
-        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Security(_bearer, scopes=[scope.value]),  # noqa: B008
     ) -> Principal:
-        principal = await _principal(request, credentials)
-        if scope.value not in principal.scopes:
-            raise Problem(
-                403,
-                "Forbidden",
-                f"the key {principal.key_id!r} lacks the scope {scope.value!r} this endpoint needs; "
-                f"create a key with `cityingest apikey create --scope {scope.value}`",
-            )
-        return principal
+        return await authorize(request, credentials, scope)
 
+    _REQUIRED[dependency] = scope
     return dependency
+
+
+def required_scope(dependant: Dependant) -> Scope | None:
+    """The scope a route's dependencies demand through :func:`require`, or None for an open route."""
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        if current.call is not None and current.call in _REQUIRED:
+            return _REQUIRED[current.call]
+        pending.extend(current.dependencies)
+    return None

@@ -8,6 +8,8 @@ from typing import Annotated
 import asyncpg
 from fastapi import Depends, Request
 
+from api.cursor_key import CursorKey
+from api.pagination import Cursors
 from api.problems import Problem
 from api.settings import ApiSettings
 from api.statistics_cache import StatisticsCache
@@ -34,10 +36,16 @@ async def _statistics_cache(request: Request) -> StatisticsCache:
     return cache
 
 
+async def _cursors(request: Request) -> Cursors:
+    keys: CursorKey = request.app.state.cursor_key
+    return await keys.cursors(request.app.state.pool)
+
+
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 SettingsDep = Annotated[ApiSettings, Depends(_settings)]
 CatalogueDep = Annotated[Catalogue, Depends(_catalogue)]
 StatisticsCacheDep = Annotated[StatisticsCache, Depends(_statistics_cache)]
+CursorsDep = Annotated[Cursors, Depends(_cursors)]
 
 
 def metric_spec(catalogue: Catalogue, metric: str) -> MetricSpec:

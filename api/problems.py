@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,6 +11,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
+# RFC 9110's names where Python's table (3.11) still has the older ones.
+_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
+def status_title(status: int) -> str:
+    """The reason phrase of an HTTP status: the title of a problem raised as a plain HTTP error."""
+    try:
+        return _TITLES.get(status) or HTTPStatus(status).phrase
+    except ValueError:
+        return str(status)
 
 
 class Problem(Exception):
@@ -61,7 +72,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         if not isinstance(exc, StarletteHTTPException):
             raise exc
         headers = dict(exc.headers) if exc.headers else None
-        return problem_response(exc.status_code, str(exc.detail), str(exc.detail), request.url.path, headers)
+        title = status_title(exc.status_code)
+        return problem_response(exc.status_code, title, str(exc.detail), request.url.path, headers)
 
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)

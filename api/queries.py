@@ -132,6 +132,22 @@ async def revoke_api_key(conn: asyncpg.Connection, key_id: str) -> bool:
     return bool(status.endswith(" 1"))
 
 
+_CURSOR_KEY_SQL: Final = """
+WITH made AS (INSERT INTO api_cursor_key (secret) VALUES ($1) ON CONFLICT (one) DO NOTHING RETURNING secret)
+SELECT secret FROM made UNION ALL SELECT secret FROM api_cursor_key
+"""
+
+
+async def cursor_key(pool: Pool, candidate: bytes) -> bytes:
+    """The stored cursor-signing key; ``candidate`` becomes it if none is stored yet."""
+    secret = await pool.fetchval(_CURSOR_KEY_SQL, candidate)
+    if secret is None:
+        # Another process inserted it after this statement's snapshot was taken: the next one sees it.
+        secret = await pool.fetchval(_CURSOR_KEY_SQL, candidate)
+    assert secret is not None  # noqa: S101 - the row exists once any process inserted it
+    return bytes(secret)
+
+
 async def list_devices(
     pool: Pool, filters: Sequence[str | None], status: str | None, after: str | None, limit: int
 ) -> list[Record]:

@@ -15,12 +15,17 @@ from typing import Final
 from api.queries import GroupColumn, Pool, Record, _device_filter, _groups
 from api.statistics_cache import StatisticsCache, Tag
 
+# Registered before the end of the rollup row's month; the month end (date arithmetic) is computed only
+# for devices registered after the month started.
+_REGISTERED_BY_MONTH_END: Final = """(d.registered_at < r.bucket
+     OR d.registered_at < (r.bucket AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC')"""
+
 # $1 metric, $2 month starts, $3 month ends (arrays, same length), $4 now, $5 the metric's domains
 # (empty = every domain), $6..$8 district/domain/provenance filters, $9 first month, $10 end of last.
 #
 # Each rollup row is read once (obs), and readings_received is summed there, over the rollup rows of
 # devices expected in that month. That test runs on every rollup row (120,000 for a year of 10,000
-# devices), so its device half (`held`: interval, status, domain, registered before now) is computed
+# devices), so its device half (`held`: status, domain, registered before now) is computed
 # once per device: the device subquery sits on the nullable side of a LEFT JOIN, where PostgreSQL
 # evaluates it while building the join's hash table (a placeholder variable) instead of once per joined
 # row; `d.device_id IS NOT NULL` makes the join the inner join it means. Of the month half, the month
@@ -32,6 +37,10 @@ from api.statistics_cache import StatisticsCache, Tag
 # not 120,000. `since` is NULL for devices registered before the first month (and before now): they
 # are expected in every month and greatest() ignores the NULL, so their share starts at the month
 # start, exactly as max(month start, registered_at) does for them.
+#
+# devices_without_interval: exp counts the devices without an interval that it would expect if they had
+# one, silent or not; obs adds those without an interval that reported but exp does not count (inactive,
+# of another domain, or registered after the month), so no device is counted twice.
 _STATISTICS_SQL: Final = """
 WITH months AS (
     SELECT * FROM unnest($2::timestamptz[], $3::timestamptz[]) AS m(month_start, month_end)
@@ -39,16 +48,15 @@ WITH months AS (
     SELECT r.bucket AS period, {groups}, count(*) AS devices_reporting, sum(r.count) AS readings,
            sum(r.sum) AS total, min(r.min) AS min, max(r.max) AS max, sum(r.flagged) AS flagged,
            sum(r.increase) AS increase,
-           count(*) FILTER (WHERE d.expected_interval_s IS NULL) AS devices_without_interval,
+           -- Reporting devices without an interval that exp below does not count already.
+           count(*) FILTER (WHERE d.expected_interval_s IS NULL AND NOT (d.held AND {by_month_end}))
+               AS devices_without_interval,
            0::int8 AS devices_expected, 0::float8 AS expected,
            coalesce(sum(r.count) FILTER (
-               WHERE d.held AND (d.registered_at < r.bucket
-                                 OR d.registered_at < (r.bucket AT TIME ZONE 'UTC' + interval '1 month')
-                                                      AT TIME ZONE 'UTC')), 0) AS received
+               WHERE d.held AND d.expected_interval_s IS NOT NULL AND {by_month_end}), 0) AS received
     FROM readings_monthly r LEFT JOIN (
         SELECT d.device_id, d.district, d.domain, d.provenance, d.expected_interval_s, d.registered_at,
-               (d.expected_interval_s IS NOT NULL AND d.status <> 'inactive'
-                AND (cardinality($5::text[]) = 0 OR d.domain = ANY($5::text[]))
+               (d.status <> 'inactive' AND (cardinality($5::text[]) = 0 OR d.domain = ANY($5::text[]))
                 AND d.registered_at < $4) AS held
         FROM devices d
         WHERE {filters}
@@ -59,15 +67,17 @@ WITH months AS (
     SELECT {groups}, d.expected_interval_s AS interval_s, count(*) AS n,
            CASE WHEN d.registered_at < least($9, $4) THEN NULL ELSE d.registered_at END AS since
     FROM devices d
-    WHERE d.expected_interval_s IS NOT NULL AND d.status <> 'inactive'
-      AND (cardinality($5::text[]) = 0 OR d.domain = ANY($5::text[])) AND {filters}
+    WHERE d.status <> 'inactive' AND (cardinality($5::text[]) = 0 OR d.domain = ANY($5::text[]))
+      AND {filters}
     GROUP BY 1, 2, 3, 4, 6
 ), exp AS (
     SELECT m.month_start AS period, e.district, e.domain, e.provenance, 0::int8, 0::numeric,
-           NULL::float8, NULL::float8, NULL::float8, 0::numeric, NULL::float8, 0::int8, sum(e.n),
-           sum(e.n * (greatest(0, date_part('epoch', least(m.month_end, $4)
-                                                     - greatest(m.month_start, e.since)))
-                      / e.interval_s))::float8,
+           NULL::float8, NULL::float8, NULL::float8, 0::numeric, NULL::float8,
+           coalesce(sum(e.n) FILTER (WHERE e.interval_s IS NULL), 0),
+           coalesce(sum(e.n) FILTER (WHERE e.interval_s IS NOT NULL), 0),
+           coalesce(sum(e.n * (greatest(0, date_part('epoch', least(m.month_end, $4)
+                                                              - greatest(m.month_start, e.since)))
+                               / e.interval_s)) FILTER (WHERE e.interval_s IS NOT NULL), 0)::float8,
            0::numeric
     FROM months m JOIN expected_devices e ON e.since IS NULL OR e.since < least(m.month_end, $4)
     GROUP BY 1, 2, 3, 4
@@ -108,7 +118,9 @@ async def monthly_statistics(
     With ``cache``, closed months (ended by ``now``) are served from it while their versions hold, and
     only the other months are queried; the rows are the same either way.
     """
-    sql = _STATISTICS_SQL.format(groups=_groups(group_by), filters=_device_filter(6))
+    sql = _STATISTICS_SQL.format(
+        groups=_groups(group_by), filters=_device_filter(6), by_month_end=_REGISTERED_BY_MONTH_END
+    )
     key = (metric, tuple(metric_domains), tuple(group_by), tuple(filters))
     kept: dict[datetime, Sequence[Record]] = {}
     fresh: dict[datetime, list[Record]] = {}

@@ -8,8 +8,9 @@ One row per cell and statistic. Dimensions: ``FREQ`` (M), ``REF_AREA`` (district
 ``PROVENANCE`` (``_T`` when not broken down, ``_U`` when a device has no district), ``INDICATOR``
 (the metric), ``STATISTIC`` (MEAN, MIN, MAX for gauges; TOTAL, the consumption, for counters) and
 ``TIME_PERIOD`` (YYYY-MM). Measure ``OBS_VALUE``. Attributes ``UNIT_MEASURE`` (the catalogue unit),
-``OBS_STATUS`` (A normal, Q suppressed, O missing), ``NB_DEVICES`` (devices reporting) and
-``COMPLETENESS`` (received / expected readings, see :mod:`api.statistics`).
+``OBS_STATUS`` (A normal, Q suppressed, O missing), ``NB_DEVICES`` (devices reporting),
+``COMPLETENESS`` (received / expected readings, see :mod:`api.statistics`; empty when suppressed) and
+``DECIMALS`` (the decimals ``OBS_VALUE`` is rounded to, per unit: :mod:`api.decimals`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pysdmx.io.csv.sdmx10.writer import write
 from pysdmx.io.pd import PandasDataset
 from pysdmx.model import Component, Components, Concept, DataType, Role, Schema
 
+from api.decimals import decimals_of
 from api.statistics import Cell
 from core.catalogue import MetricSpec
 
@@ -31,7 +33,7 @@ VERSION: Final = "1.0"
 UNKNOWN: Final = "_U"
 
 _DIMENSIONS: Final = ("FREQ", "REF_AREA", "DOMAIN", "PROVENANCE", "INDICATOR", "STATISTIC", "TIME_PERIOD")
-_ATTRIBUTES: Final = ("UNIT_MEASURE", "OBS_STATUS", "NB_DEVICES", "COMPLETENESS")
+_ATTRIBUTES: Final = ("UNIT_MEASURE", "OBS_STATUS", "NB_DEVICES", "COMPLETENESS", "DECIMALS")
 
 
 def _component(cid: str, role: Role, dtype: DataType, required: bool) -> Component:
@@ -57,6 +59,7 @@ def schema() -> Schema:
         _component("OBS_STATUS", Role.ATTRIBUTE, DataType.STRING, True),
         _component("NB_DEVICES", Role.ATTRIBUTE, DataType.INTEGER, True),
         _component("COMPLETENESS", Role.ATTRIBUTE, DataType.DOUBLE, False),
+        _component("DECIMALS", Role.ATTRIBUTE, DataType.INTEGER, True),
     ]
     return Schema(
         context="dataflow",
@@ -80,6 +83,7 @@ def _value(cell: Cell, stat: str) -> float | None:
 def to_sdmx_csv(cells: Sequence[Cell], spec: MetricSpec) -> str:
     """SDMX-CSV 1.0 text of ``cells`` of metric ``spec``."""
     rows: list[dict[str, object]] = []
+    places = decimals_of(spec.unit)
     for cell in cells:
         for stat in statistics_of(spec):
             rows.append(
@@ -96,6 +100,7 @@ def to_sdmx_csv(cells: Sequence[Cell], spec: MetricSpec) -> str:
                     "OBS_STATUS": cell.obs_status,
                     "NB_DEVICES": cell.devices_reporting,
                     "COMPLETENESS": cell.completeness,
+                    "DECIMALS": places,
                 }
             )
     columns = [*_DIMENSIONS, "OBS_VALUE", *_ATTRIBUTES]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from api.ops_config import ComponentTarget, parse_targets
-from core.settings import DatabaseSettings, KafkaSettings
+from core.settings import DatabaseSettings, DomainSettings, KafkaSettings
 
 
-class ApiSettings(DatabaseSettings, KafkaSettings):
+class ApiSettings(DatabaseSettings, KafkaSettings, DomainSettings):
     """Where the API listens, what it reads from and its disclosure-control and paging limits."""
 
     api_host: str = Field("127.0.0.1", description="Address the API listens on.")
@@ -34,6 +34,17 @@ class ApiSettings(DatabaseSettings, KafkaSettings):
     )
     raw_max_range_days: float = Field(
         7.0, gt=0, description="Widest time range of a raw-readings series (bucket=raw), in days."
+    )
+    max_body_bytes: int = Field(
+        256 * 1024,
+        ge=1,
+        description="Largest request body the API reads, in bytes; larger ones are refused with 413 "
+        "before they are read.",
+    )
+    cursor_secret: SecretStr | None = Field(
+        None,
+        description="Secret the paging cursors' signing key is derived from; every API replica needs "
+        "the same. Unset: a random key kept in the database (table api_cursor_key) is used.",
     )
     max_months: int = Field(120, ge=1, description="Most months one statistics or coverage request may span.")
     kafka_timeout_s: float = Field(

@@ -12,13 +12,17 @@ A device is *expected* to report ``m`` in a month when its domain is one of ``m`
 (any domain if the catalogue lists none), it has an ``expected_interval_s``, its status is not
 ``inactive``, and it was registered before the end of the month (and before now). Devices without an
 interval cannot be held to a schedule: they count towards the figures when they report but not towards
-completeness, and are counted in ``devices_without_interval``.
+completeness. ``devices_without_interval`` counts the devices without an interval that would be
+expected if they had one, whether they reported or not (a silent one is the worst case for coverage),
+plus any other device without an interval that reported the metric that month.
 
-Statistical disclosure control: a cell with fewer than ``k`` reporting devices keeps its counts but
-loses its values (mean, min, max, total consumption), with status ``Q`` (SDMX OBS_STATUS "missing
-value; suppressed"). A cell where no device reported has status ``O`` (missing value). Others ``A``.
-Only primary suppression is applied: totals are not published next to the cells, but a caller who
-requests two breakdowns can still difference them (documented limitation).
+Statistical disclosure control: a cell with fewer than ``k`` reporting devices loses its values (mean,
+min, max, total consumption) and every count from which a value could be rebuilt with a published
+total (readings, flagged, readings received and completeness), with status ``Q`` (SDMX OBS_STATUS
+"missing value; suppressed"); it keeps its device counts and readings expected, which come from the
+registry, not from the readings. A cell where no device reported has status ``O`` (missing value).
+Others ``A``. Only primary suppression is applied: a caller who requests two breakdowns can still
+difference published totals (secondary suppression is not done; documented limitation).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final, Literal, Protocol
 
+from api.decimals import decimals_of, rounded
 from core.catalogue import MetricSpec
+from core.readings import TS_RANGE_TEXT
 
 ObsStatus = Literal["A", "Q", "O"]
 TOTAL: Final = "_T"
@@ -43,8 +49,8 @@ def parse_month(text: str) -> date:
     if match is None:
         raise ValueError(f"{text!r} is not a month: write YYYY-MM, e.g. 2024-03")
     year = int(match.group(1))
-    if year < 1970:
-        raise ValueError(f"{text!r} is before 1970")
+    if not 1970 <= year < 3000:
+        raise ValueError(f"{text!r} is outside 1970-01..2999-12, the months of readings ({TS_RANGE_TEXT})")
     return date(year, int(match.group(2)), 1)
 
 
@@ -102,15 +108,15 @@ class Cell:
     domain: str | None
     provenance: str | None
     devices_reporting: int
-    readings: int
+    readings: int | None
     mean: float | None
     min: float | None
     max: float | None
     total_consumption: float | None
-    flagged: int
+    flagged: int | None
     devices_expected: int
     readings_expected: float
-    readings_received: int
+    readings_received: int | None
     completeness: float | None
     devices_without_interval: int
     obs_status: ObsStatus
@@ -128,11 +134,17 @@ class Row(Protocol):
 
 
 def shape_cell(row: Row, spec: MetricSpec, by: Sequence[str], k: int) -> Cell:
-    """A :class:`Cell` from one aggregated row (keys as in ``api.report_queries``), suppressed as needed."""
+    """A :class:`Cell` from one aggregated row (keys as in ``api.report_queries``), suppressed as needed.
+
+    Values are rounded to the decimals of the metric's unit (:mod:`api.decimals`).
+    """
     reporting = int(row["devices_reporting"] or 0)
     readings = int(row["readings"] or 0)
     status = obs_status(reporting, k)
     publish = status == "A"
+    # A suppressed cell's readings count, with its partners' and the published total, rebuilds its mean.
+    hidden = status == "Q"
+    places = decimals_of(spec.unit)
     total = row["total"]
     expected = float(row["expected"] or 0.0)
     received = int(row["received"] or 0)
@@ -144,16 +156,18 @@ def shape_cell(row: Row, spec: MetricSpec, by: Sequence[str], k: int) -> Cell:
         domain=row["domain"] if "domain" in by else TOTAL,
         provenance=row["provenance"] if "provenance" in by else TOTAL,
         devices_reporting=reporting,
-        readings=readings,
-        mean=total / readings if publish and readings else None,
-        min=row["min"] if publish else None,
-        max=row["max"] if publish else None,
-        total_consumption=(row["increase"] or 0.0) if publish and spec.kind == "counter" else None,
-        flagged=int(row["flagged"] or 0),
+        readings=None if hidden else readings,
+        mean=rounded(total / readings, places) if publish and readings else None,
+        min=rounded(row["min"], places) if publish else None,
+        max=rounded(row["max"], places) if publish else None,
+        total_consumption=rounded(row["increase"] or 0.0, places)
+        if publish and spec.kind == "counter"
+        else None,
+        flagged=None if hidden else int(row["flagged"] or 0),
         devices_expected=int(row["devices_expected"] or 0),
         readings_expected=expected,
-        readings_received=received,
-        completeness=completeness(received, expected),
+        readings_received=None if hidden else received,
+        completeness=None if hidden else completeness(received, expected),
         devices_without_interval=int(row["devices_without_interval"] or 0),
         obs_status=status,
     )

@@ -52,7 +52,20 @@ class DatabaseSettings(CitySettings):
     )
 
 
-class MqttSettings(CitySettings):
+class DomainSettings(CitySettings):
+    """The domains devices may belong to (and publish under)."""
+
+    domains: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_DOMAINS, description="Comma-separated domains devices may publish under."
+    )
+
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _split_domains(cls, value: Any) -> Any:
+        return split_csv(value)
+
+
+class MqttSettings(DomainSettings):
     """Where the MQTT broker is and how device topics are laid out."""
 
     mqtt_host: str = Field("localhost", description="MQTT broker host.")
@@ -62,11 +75,3 @@ class MqttSettings(CitySettings):
     mqtt_topic_prefix: str = Field(
         MQTT_TOPIC_PREFIX, description="First level of device topics: <prefix>/<domain>/<device>/telemetry."
     )
-    domains: Annotated[tuple[str, ...], NoDecode] = Field(
-        DEFAULT_DOMAINS, description="Comma-separated domains devices may publish under."
-    )
-
-    @field_validator("domains", mode="before")
-    @classmethod
-    def _split_domains(cls, value: Any) -> Any:
-        return split_csv(value)

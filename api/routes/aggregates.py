@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 from api import queries
 from api.auth import Principal, Scope, require
-from api.deps import CatalogueDep, PoolDep, metric_spec, time_range
-from api.pagination import Cursor, Limit, Page, cursor_time, decode_cursor, page_of
+from api.deps import CatalogueDep, CursorsDep, PoolDep, metric_spec, time_range
+from api.pagination import Cursor, Limit, Page, cursor_time
 from api.problems import Problem
 from api.statistics import TOTAL
 from core.types import Provenance
@@ -84,6 +84,7 @@ def _key(item: Aggregate) -> list[str | None]:
 async def aggregates(
     pool: PoolDep,
     catalogue: CatalogueDep,
+    cursors: CursorsDep,
     _: Reader,
     metric: Annotated[str, Query(min_length=1, max_length=200)],
     start: Annotated[datetime, Query(description="RFC 3339, inclusive.")],
@@ -102,9 +103,9 @@ async def aggregates(
     groups = parse_group_by(group_by)
     after: list[Any] | None = None
     if cursor:
-        key = decode_cursor("aggregates", cursor, 4)
+        key = cursors.decode("aggregates", cursor, 4)
         after = [cursor_time(key[0], "aggregates"), *(str(k) for k in key[1:])]
     rows = await queries.aggregates(
         pool, bucket, groups, metric, lo, hi, [district, domain, provenance], after, limit + 1
     )
-    return page_of([_aggregate(r, groups) for r in rows], limit, "aggregates", _key)
+    return cursors.page_of([_aggregate(r, groups) for r in rows], limit, "aggregates", _key)

@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 from api import report_queries
 from api.auth import Principal, Scope, require
-from api.deps import CatalogueDep, PoolDep
-from api.pagination import Cursor, Limit, Page, decode_cursor, page_of
+from api.deps import CatalogueDep, CursorsDep, PoolDep
+from api.pagination import Cursor, Limit, Page
 from api.problems import Problem
 from api.statistics import completeness, missing_metrics, next_month, parse_month
 
@@ -78,6 +78,7 @@ def _district(row: Any, specs: list[Any]) -> DistrictCoverage:
 async def coverage(
     pool: PoolDep,
     catalogue: CatalogueDep,
+    cursors: CursorsDep,
     _: Reader,
     month: Annotated[str, Query(min_length=7, max_length=7, description="YYYY-MM")],
     domain: Annotated[str | None, Query(max_length=100)] = None,
@@ -99,9 +100,9 @@ async def coverage(
     items = [_district(r, specs) for r in rows]
     if cursor:
         # Districts are few; the key is the last district served (null sorts last, as in the query).
-        last = decode_cursor("coverage", cursor, 1)[0]
+        last = cursors.decode("coverage", cursor, 1)[0]
         items = [i for i in items if last is not None and (i.district is None or i.district > str(last))]
-    page = page_of(items, limit, "coverage", lambda i: [i.district])
+    page = cursors.page_of(items, limit, "coverage", lambda i: [i.district])
     return CoveragePage(
         items=page.items,
         next_cursor=page.next_cursor,

@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field, model_validator
 
 from api import queries
 from api.auth import Principal, Scope, require
-from api.deps import PoolDep, utc
-from api.pagination import Cursor, Limit, Page, decode_cursor, page_of
+from api.deps import CursorsDep, PoolDep, SettingsDep, utc
+from api.pagination import Cursor, Limit, Page
 from api.problems import Problem
 from core.types import DeviceStatus, Provenance
 
@@ -86,6 +86,7 @@ def _device(row: Any) -> Device:
 @router.get("")
 async def list_devices(
     pool: PoolDep,
+    cursors: CursorsDep,
     _: Reader,
     domain: Annotated[str | None, Query(max_length=100)] = None,
     district: Annotated[str | None, Query(max_length=100)] = None,
@@ -95,9 +96,9 @@ async def list_devices(
     cursor: Cursor = None,
 ) -> Page[Device]:
     """Devices, by id, filtered by domain, district, provenance and status."""
-    after = str(decode_cursor("devices", cursor, 1)[0]) if cursor else None
+    after = str(cursors.decode("devices", cursor, 1)[0]) if cursor else None
     rows = await queries.list_devices(pool, [district, domain, provenance], status, after, limit + 1)
-    return page_of([_device(r) for r in rows], limit, "devices", lambda d: [d.device_id])
+    return cursors.page_of([_device(r) for r in rows], limit, "devices", lambda d: [d.device_id])
 
 
 async def _existing(pool: PoolDep, device_id: str) -> Any:
@@ -119,9 +120,21 @@ async def get_device(pool: PoolDep, _: Reader, device_id: DeviceId) -> Device:
 
 @router.put("/{device_id}", responses={201: {"model": Device, "description": "Registered"}})
 async def put_device(
-    pool: PoolDep, _: Writer, device_id: DeviceId, body: DeviceIn, response: Response
+    pool: PoolDep, settings: SettingsDep, _: Writer, device_id: DeviceId, body: DeviceIn, response: Response
 ) -> Device:
-    """Register a device, or replace the metadata of a known one (the consumer's columns stay)."""
+    """Register a device, or replace the metadata of a known one (the consumer's columns stay).
+
+    The domain must be one devices may publish under (`CITYINGEST_DOMAINS`), else 422.
+    """
+    if body.domain not in settings.domains:
+        # The bridge dead-letters every reading under another domain (unknown_domain): such a device
+        # could never report, so registering it would only make it count as silent.
+        raise Problem(
+            422,
+            "Unknown domain",
+            f"no device can publish under domain {body.domain!r}; use one of: {', '.join(settings.domains)}",
+            parameter="domain",
+        )
     registered = utc(body.registered_at, "registered_at") if body.registered_at else None
     values = [
         body.domain,

@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 from api import queries
 from api.auth import Principal, Scope, require
-from api.deps import CatalogueDep, PoolDep, SettingsDep, metric_spec, time_range
-from api.pagination import Cursor, Limit, Page, cursor_time, decode_cursor, page_of
+from api.deps import CatalogueDep, CursorsDep, PoolDep, SettingsDep, metric_spec, time_range
+from api.pagination import Cursor, Limit, Page, cursor_time
 from api.problems import Problem
 from core.types import ReadingFlag
 
@@ -74,6 +74,7 @@ async def series(
     pool: PoolDep,
     settings: SettingsDep,
     catalogue: CatalogueDep,
+    cursors: CursorsDep,
     _: Reader,
     device_id: Annotated[str, Query(min_length=1, max_length=200)],
     metric: Annotated[str, Query(min_length=1, max_length=200)],
@@ -88,7 +89,7 @@ async def series(
     lo, hi = time_range(start, end)
     if await queries.get_device(pool, device_id) is None:
         raise Problem(404, "Unknown device", f"no device {device_id!r}; list devices with GET /v1/devices")
-    after = cursor_time(decode_cursor("series", cursor, 1)[0], "series") if cursor else None
+    after = cursor_time(cursors.decode("series", cursor, 1)[0], "series") if cursor else None
     if bucket == "raw":
         widest = timedelta(days=settings.raw_max_range_days)
         if hi - lo > widest:
@@ -104,7 +105,7 @@ async def series(
     else:
         rows = await queries.series(pool, bucket, device_id, metric, lo, hi, after, limit + 1)
         points = [_point(r) for r in rows]
-    page = page_of(points, limit, "series", lambda p: [p.time.isoformat()])
+    page = cursors.page_of(points, limit, "series", lambda p: [p.time.isoformat()])
     return SeriesPage(
         items=page.items,
         next_cursor=page.next_cursor,

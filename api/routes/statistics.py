@@ -13,9 +13,10 @@ from pydantic import BaseModel, Field
 
 from api import report_queries
 from api.auth import Principal, Scope, require
-from api.deps import CatalogueDep, PoolDep, SettingsDep, StatisticsCacheDep, metric_spec
+from api.decimals import decimals_of
+from api.deps import CatalogueDep, CursorsDep, PoolDep, SettingsDep, StatisticsCacheDep, metric_spec
 from api.export import to_csv
-from api.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
+from api.pagination import Cursor, Limit, Page
 from api.problems import Problem
 from api.routes.aggregates import parse_group_by
 from api.sdmx import to_sdmx_csv
@@ -31,7 +32,10 @@ COMPLETENESS_RULE = (
     "domain is one of the metric's catalogue domains, that have an expected_interval_s, are not inactive "
     "and were registered before the month's end, the seconds from max(month start, registered_at) to "
     "min(month end, now) divided by expected_interval_s; readings_received counts those devices' readings. "
-    "Devices without an interval count in devices_without_interval only."
+    "devices_without_interval counts the devices without an expected_interval_s that meet the other "
+    "conditions, whether they reported or not, and any other device without one that reported the metric "
+    "that month; they count towards no completeness figure. Suppressed cells (obs_status Q) publish no "
+    "readings, flagged, readings_received or completeness."
 )
 
 
@@ -43,16 +47,16 @@ class StatisticsCell(BaseModel):
     domain: str | None
     provenance: str | None
     devices_reporting: int
-    readings: int
+    readings: int | None = Field(description="Null when suppressed.")
     mean: float | None
     min: float | None
     max: float | None
     total_consumption: float | None = Field(description="Counters only: sum of increases.")
-    flagged: int
+    flagged: int | None = Field(description="Null when suppressed.")
     devices_expected: int
     readings_expected: float
-    readings_received: int
-    completeness: float | None
+    readings_received: int | None = Field(description="Null when suppressed.")
+    completeness: float | None = Field(description="Null when suppressed or when nothing was expected.")
     devices_without_interval: int
     obs_status: Literal["A", "Q", "O"] = Field(description="A normal, Q suppressed (< k devices), O no data.")
     suppressed: bool
@@ -63,6 +67,7 @@ class StatisticsPage(Page[StatisticsCell]):
 
     metric: str
     unit: str
+    decimals: int = Field(description="Decimals of mean, min, max and total_consumption (per unit).")
     kind: str
     by: list[str]
     suppression_k: int
@@ -93,6 +98,7 @@ async def monthly(
     settings: SettingsDep,
     catalogue: CatalogueDep,
     cache: StatisticsCacheDep,
+    cursors: CursorsDep,
     _: Reader,
     metric: Annotated[str, Query(min_length=1, max_length=200)],
     start: Month,
@@ -138,13 +144,14 @@ async def monthly(
         )
     start_at = 0
     if cursor:
-        start_at = _resume(decode_cursor("statistics", cursor, 1)[0], len(cells))
+        start_at = _resume(cursors.decode("statistics", cursor, 1)[0], len(cells))
     end_at = start_at + limit
     body = {
         "items": [_item(c) for c in cells[start_at:end_at]],
-        "next_cursor": encode_cursor("statistics", [end_at]) if end_at < len(cells) else None,
+        "next_cursor": cursors.encode("statistics", [end_at]) if end_at < len(cells) else None,
         "metric": metric,
         "unit": spec.unit,
+        "decimals": decimals_of(spec.unit),
         "kind": spec.kind,
         "by": list(groups),
         "suppression_k": settings.suppression_k,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -18,6 +22,7 @@ from consumers.batch import prepare
 from consumers.sink import apply_batch
 from core.catalogue import load_catalogue
 from core.readings import Envelope, Reading, encode_envelope, to_us
+from devstack.process import free_port
 from tests.consumers.streams import Record
 
 ALL_SCOPES = [s.value for s in Scope]
@@ -36,6 +41,38 @@ async def started(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             yield client
+
+
+@pytest.fixture
+def server(database_url: str) -> Iterator[str]:
+    """``cityingest api`` on this test's store; Kafka at a closed port (lag answers without it)."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        CITYINGEST_DATABASE_URL=database_url,
+        CITYINGEST_API_PORT=str(port),
+        CITYINGEST_KAFKA_BOOTSTRAP="127.0.0.1:9",
+        CITYINGEST_KAFKA_TIMEOUT_S="0.5",
+        CITYINGEST_LOG_LEVEL="WARNING",
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "api"], env=env)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+async def wait_healthy(base: str) -> None:
+    """Wait until the server answers /healthz."""
+    async with httpx.AsyncClient(base_url=base) as client:
+        for _ in range(200):
+            try:
+                await client.get("/healthz")
+            except httpx.TransportError:
+                await asyncio.sleep(0.1)
+            else:
+                return
 
 
 @pytest.fixture

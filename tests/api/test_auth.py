@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -10,6 +11,7 @@ import pytest
 
 from api.auth import parse_key
 from api.keys import create_api_key, revoke_api_key
+from tests.api.conftest import ALL_SCOPES
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +109,47 @@ async def test_use_is_recorded(client: httpx.AsyncClient, database_url: str, aut
     finally:
         await conn.close()
     assert used == 1
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def table(path: Path) -> dict[str, str | None]:
+    """``METHOD /path`` -> scope from the endpoint/scope table of a Markdown file."""
+    out: dict[str, str | None] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 2 or (not cells[0].startswith("`GET") and not cells[0].startswith("`PUT")):
+            continue
+        scope = None if cells[1] == "none" else cells[1].strip("`")
+        for endpoint in cells[0].split(", "):
+            out[endpoint.split(" (")[0].strip("`")] = scope
+    return out
+
+
+async def test_the_openapi_names_the_scope_each_operation_enforces(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert spec["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    documented: dict[str, str | None] = {}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            security = operation.get("security")
+            documented[f"{method.upper()} {path}"] = security[0]["apiKey"][0] if security else None
+    assert all(documented[f"GET {p.split('?')[0]}"] == s for p, s in PROTECTED)
+    keys = {scope: await create_api_key(database_url, scope, [scope]) for scope in ALL_SCOPES}
+    for endpoint, scope in documented.items():
+        method, path = endpoint.split(" ")
+        url = path.replace("{device_id}", "d1")
+        body = {"json": {"domain": "water"}} if method == "PUT" else {}
+        anonymous = await client.request(method, url, **body)  # type: ignore[arg-type]
+        if scope is None:
+            assert anonymous.status_code != 401, endpoint
+            continue
+        assert anonymous.status_code == 401, endpoint
+        for other, key in keys.items():
+            resp = await client.request(method, url, headers={"Authorization": f"Bearer {key}"}, **body)  # type: ignore[arg-type]
+            assert (resp.status_code == 403) == (other != scope), (endpoint, other, resp.text)
+    assert table(ROOT / "README.md") == documented
+    assert table(ROOT / "docs" / "api.md") == {e: s for e, s in documented.items() if s}

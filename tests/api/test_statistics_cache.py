@@ -48,11 +48,17 @@ def test_cache_serves_only_matching_tags_and_stays_bounded() -> None:
 
 
 @pytest.fixture
-async def uncached(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The API on the same store with the cache disabled: the reference."""
-    settings = ApiSettings(
-        database_url=database_url, kafka_bootstrap="127.0.0.1:9", kafka_timeout_s=1.0, statistics_cache_rows=0
+def api_settings(database_url: str) -> ApiSettings:
+    """No suppression (k = 1): the readings counts of one-device cells are what shows the cache moving."""
+    return ApiSettings(
+        database_url=database_url, kafka_bootstrap="127.0.0.1:9", kafka_timeout_s=1.0, suppression_k=1
     )
+
+
+@pytest.fixture
+async def uncached(api_settings: ApiSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API on the same store with the cache disabled: the reference."""
+    settings = api_settings.model_copy(update={"statistics_cache_rows": 0})
     async for c in started(create_app(settings)):
         yield c
 

@@ -56,7 +56,13 @@ DEVICES = [
     Dev("b1", "B", "water", 86400, at(2, 15, 12), (at(2, 10), at(3, 1), at(3, 2))),
     Dev("b2", "B", "water", 3600, datetime(2099, 1, 1, tzinfo=UTC), (at(1, 7), at(2, 7))),
     Dev("b3", "B", "water", 7200, datetime(2023, 1, 1, tzinfo=UTC), ()),  # expected, silent
+    # Silent without an interval: counted in devices_without_interval all the same (the rule says so).
+    Dev("b4", "B", "water", None, datetime(2023, 1, 1, tzinfo=UTC), ()),
+    # ... but not when the metric is not measured in its domain, or before its registration.
+    Dev("b5", "B", "building", None, datetime(2023, 1, 1, tzinfo=UTC), ()),
+    Dev("b6", "B", "water", None, at(3, 10), ()),
 ]
+K = 3  # the default suppression threshold
 
 
 Cells = dict[tuple[str, str | None], dict[str, Any]]
@@ -81,22 +87,23 @@ def truth(devices: list[Dev], months: list[datetime], now: datetime, by_district
         for dev in devices:
             key = (f"{start:%Y-%m}", dev.district if by_district else "_T")
             readings = sum(1 for t in dev.reports if start <= t < end)
-            expected = (
-                dev.domain == "water"
-                and dev.interval_s is not None
-                and dev.status != "inactive"
-                and dev.registered_at < min(end, now)
-            )
+            held = dev.domain == "water" and dev.status != "inactive" and dev.registered_at < min(end, now)
+            expected = held and dev.interval_s is not None
             if readings:
                 cells[key]["devices_reporting"] += 1
                 cells[key]["readings"] += readings
-                cells[key]["devices_without_interval"] += dev.interval_s is None
+            if dev.interval_s is None and (readings or held):
+                cells[key]["devices_without_interval"] += 1
             if expected:
                 assert dev.interval_s is not None
                 cells[key]["devices_expected"] += 1
                 seconds = (min(end, now) - max(start, dev.registered_at)).total_seconds()
                 cells[key]["readings_expected"] += max(0.0, seconds) / dev.interval_s
                 cells[key]["readings_received"] += readings
+    for cell in cells.values():
+        if 0 < cell["devices_reporting"] < K:
+            # Suppressed: no count from which the cell's values could be rebuilt.
+            cell["readings"] = cell["readings_received"] = None
     return dict(cells)
 
 
@@ -143,7 +150,9 @@ async def test_completeness_inputs_match_the_rule(
         }, key
         assert cell["readings_expected"] == pytest.approx(expected["readings_expected"]), key
         received, owed = expected["readings_received"], expected["readings_expected"]
-        assert cell["completeness"] == (pytest.approx(received / owed) if owed else None), key
+        assert cell["completeness"] == (
+            pytest.approx(received / owed) if owed and received is not None else None
+        )
 
 
 @pytest.mark.usefixtures("city")
@@ -189,3 +198,26 @@ async def test_devices_registered_after_now_are_not_expected(
     assert counts["devices_expected"] == 1 or after >= end
     low, high = sorted(b["readings_expected"] for b in bounds)
     assert low - 1e-6 <= cell["readings_expected"] <= high + 1e-6
+
+
+async def test_silent_devices_without_interval_are_counted(
+    database_url: str, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """The rule counts a device without an interval whether or not it reported (issue 13, point 5)."""
+    old = datetime(2023, 1, 1, tzinfo=UTC)
+    devices = [
+        Dev("z1", "Z", "water", 3600, old, (at(1, 2),)),
+        Dev("z2", "Z", "water", None, old, ()),  # silent, no interval: the worst case for coverage
+        Dev("z3", "Z", "water", None, old, (at(1, 3),)),
+        Dev("z4", "Z", "water", None, old, (), "inactive"),
+    ]
+    await install(database_url, client, auth, devices)
+    params = {"metric": METRIC, "start": "2024-01", "end": "2024-01", "by": "district"}
+    resp = await client.get("/v1/statistics/monthly", params=params, headers=auth)
+    assert resp.status_code == 200, resp.text
+    (cell,) = resp.json()["items"]
+    assert (cell["devices_reporting"], cell["devices_expected"], cell["devices_without_interval"]) == (
+        2,
+        1,
+        2,
+    )

@@ -103,29 +103,24 @@ async def test_cells_by_district(client: httpx.AsyncClient, auth: dict[str, str]
     assert (north["devices_reporting"], north["readings"], north["flagged"]) == (3, 372, 3)
     assert north["obs_status"] == "A"
     assert not north["suppressed"]
-    assert north["mean"] == pytest.approx(sum(north_values) / 372)
+    # m3: three decimals (api.decimals)
+    assert north["mean"] == round(sum(north_values) / 372, 3)
     assert (north["min"], north["max"]) == (min(north_values), max(north_values))
-    assert north["total_consumption"] == pytest.approx(sum(v for k, v in inc.items() if k[0][0] == "n"))
+    assert north["total_consumption"] == round(sum(v for k, v in inc.items() if k[0][0] == "n"), 3)
     assert (north["devices_expected"], north["readings_expected"], north["readings_received"]) == (
         3,
         3 * 744,
         372,
     )
     assert north["completeness"] == pytest.approx(1 / 6)
-    # Two devices: suppressed, values gone, counts and completeness kept.
+    # Two devices: suppressed, values and the counts of readings gone, device counts kept.
     south = cells[("2024-01", "south")]
-    assert (south["obs_status"], south["suppressed"], south["devices_reporting"], south["readings"]) == (
-        "Q",
-        True,
-        2,
-        15,
-    )
+    assert (south["obs_status"], south["suppressed"], south["devices_reporting"]) == ("Q", True, 2)
     assert (south["mean"], south["min"], south["max"], south["total_consumption"]) == (None,) * 4
-    assert (south["devices_expected"], south["readings_expected"], south["readings_received"]) == (
-        1,
-        16 * 24,
-        10,
-    )
+    assert (south["readings"], south["flagged"], south["readings_received"], south["completeness"]) == (
+        None,
+    ) * 4
+    assert (south["devices_expected"], south["readings_expected"]) == (1, 16 * 24)
     assert south["devices_without_interval"] == 1
     east = cells[("2024-01", "east")]
     assert (east["obs_status"], east["readings_expected"], east["completeness"]) == ("O", 31, 0.0)
@@ -259,3 +254,90 @@ async def test_coverage(client: httpx.AsyncClient, auth: dict[str, str]) -> None
     bad = await client.get("/v1/coverage", params={"month": "2024-13"}, headers=auth)
     assert bad.status_code == 400
     assert bad.json()["title"] == "Bad month"
+
+
+WEST = {
+    # provenance official: 9 readings, mean 188 / 9 = 20.8889 (with float noise in o3's values)
+    "o1": ("official", [20.0, 21.0, 22.0]),
+    "o2": ("official", [20.0, 21.0, 21.0]),
+    "o3": ("official", [20.123456789, 21.876543211, 21.0]),
+    # provenance citizen, one device: suppressed; its mean is 23.0
+    "c1": ("citizen", [22.0, 23.0, 24.0]),
+}
+
+
+@pytest.fixture
+async def west(database_url: str, client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    """The issue's shape: a district of 12 readings, 9 of them from a published partner cell."""
+    sent = []
+    for device, (provenance, values) in WEST.items():
+        await register(
+            client, auth, device, domain="environment", district="west", provenance=provenance,
+            expected_interval_s=86400, registered_at="2023-12-01T00:00:00Z",
+        )  # fmt: skip
+        times = [JAN + timedelta(days=i + 1) for i in range(len(values))]
+        sent += [
+            envelope(device, "environment", [("temperature", t, v, 0)])
+            for t, v in zip(times, values, strict=True)
+        ]
+    await apply(database_url, sent)
+
+
+@pytest.mark.usefixtures("west")
+async def test_a_suppressed_cell_cannot_be_rebuilt_from_its_counts(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """(12 x 21.41667 - 9 x 20.8889) / 3 = 23.0 needed the suppressed cell's readings count."""
+    params = {"metric": "temperature", "end": "2024-01"}
+    total = (await monthly(client, auth, by="district", **params)).json()["items"]
+    assert [(c["district"], c["obs_status"], c["readings"]) for c in total] == [("west", "A", 12)]
+    cells = (await monthly(client, auth, by="district,provenance", **params)).json()["items"]
+    by_provenance = {c["provenance"]: c for c in cells}
+    official, citizen = by_provenance["official"], by_provenance["citizen"]
+    assert (official["obs_status"], official["readings"], official["readings_received"]) == ("A", 9, 9)
+    assert (citizen["obs_status"], citizen["suppressed"], citizen["devices_reporting"]) == ("Q", True, 1)
+    hidden = ("mean", "min", "max", "readings", "flagged", "readings_received", "completeness")
+    assert {name: citizen[name] for name in hidden} == dict.fromkeys(hidden)
+
+    csv_rows = list(
+        csv.DictReader(
+            io.StringIO((await monthly(client, auth, by="district,provenance", format="csv", **params)).text)
+        )
+    )
+    (row,) = [r for r in csv_rows if r["provenance"] == "citizen"]
+    assert row["obs_status"] == "Q"
+    assert all(row[name] == "" for name in hidden)
+
+    sdmx = await monthly(client, auth, by="district,provenance", format="sdmx-csv", **params)
+    sdmx_rows = [r for r in csv.DictReader(io.StringIO(sdmx.text)) if r["PROVENANCE"] == "citizen"]
+    assert {r["STATISTIC"] for r in sdmx_rows} == {"MEAN", "MIN", "MAX"}
+    assert all((r["OBS_STATUS"], r["OBS_VALUE"], r["COMPLETENESS"]) == ("Q", "", "") for r in sdmx_rows)
+    assert not {"readings", "READINGS", "NB_READINGS"} & set(sdmx_rows[0])
+
+
+@pytest.mark.usefixtures("west")
+async def test_statistics_are_rounded_per_unit_and_raw_series_are_not(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    params = {"metric": "temperature", "end": "2024-01", "by": "provenance"}
+    body = (await monthly(client, auth, **params)).json()
+    assert (body["unit"], body["decimals"]) == ("Cel", 2)
+    official = next(c for c in body["items"] if c["provenance"] == "official")
+    assert (official["mean"], official["min"], official["max"]) == (20.89, 20.0, 22.0)
+    csv_rows = list(csv.DictReader(io.StringIO((await monthly(client, auth, format="csv", **params)).text)))
+    assert next(r for r in csv_rows if r["provenance"] == "official")["mean"] == "20.89"
+    sdmx = (await monthly(client, auth, format="sdmx-csv", **params)).text
+    rows = [r for r in csv.DictReader(io.StringIO(sdmx)) if r["PROVENANCE"] == "official"]
+    assert {(r["STATISTIC"], r["OBS_VALUE"], r["DECIMALS"]) for r in rows} == {
+        ("MEAN", "20.89", "2"),
+        ("MIN", "20.0", "2"),
+        ("MAX", "22.0", "2"),
+    }
+    assert len(read_sdmx(sdmx)) == 1
+    raw = await client.get(
+        "/v1/series",
+        params={"device_id": "o3", "metric": "temperature", "bucket": "raw",
+                "start": "2024-01-01T00:00:00Z", "end": "2024-01-05T00:00:00Z"},
+        headers=auth,
+    )  # fmt: skip
+    assert [p["mean"] for p in raw.json()["items"]] == WEST["o3"][1]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from api.decimals import DECIMALS, DEFAULT_DECIMALS, decimals_of, rounded
 from api.statistics import (
     TOTAL,
     completeness,
@@ -130,12 +132,15 @@ def test_shape_cell_counter_total() -> None:
     assert (cell.domain, cell.provenance) == ("water", "official")
 
 
-def test_shape_cell_suppressed_keeps_counts_and_drops_values() -> None:
+def test_shape_cell_suppressed_drops_values_and_the_counts_that_rebuild_them() -> None:
     cell = shape_cell(_row(devices_reporting=2), COUNTER, ["district"], 3)
     assert cell.suppressed
     assert cell.obs_status == "Q"
     assert (cell.mean, cell.min, cell.max, cell.total_consumption) == (None, None, None, None)
-    assert (cell.devices_reporting, cell.readings, cell.completeness) == (2, 40, 0.25)
+    # readings (with a published total and the partners' counts) rebuilds the mean; completeness x
+    # readings_expected rebuilds readings_received, which is readings for devices with an interval.
+    assert (cell.readings, cell.flagged, cell.readings_received, cell.completeness) == (None,) * 4
+    assert (cell.devices_reporting, cell.devices_expected) == (2, int(_row()["devices_expected"]))
 
 
 def test_shape_cell_without_data() -> None:
@@ -157,3 +162,27 @@ def test_missing_metrics_by_domain() -> None:
     assert set(missing_metrics(["water"], [], specs)) == water
     assert "water_flow" not in missing_metrics(["water"], ["water_flow"], specs)
     assert missing_metrics([], [], specs) == []
+
+
+def test_decimals_cover_the_catalogue_and_round_the_noise() -> None:
+    assert {spec.unit for spec in load_catalogue().values()} <= set(DECIMALS)
+    assert rounded(104.99999999999977, decimals_of("kWh")) == 105.0
+    assert rounded(None, 2) is None
+    assert decimals_of("furlongs") == DEFAULT_DECIMALS
+    # A counter's consumption is rounded in the cell; the count of readings is not a value.
+    cell = shape_cell(_row(increase=104.99999999999977), COUNTER, [], 3)
+    assert cell.total_consumption == 105.0
+
+
+def test_docs_state_the_decimals_of_the_code() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text(encoding="utf-8")
+    stated: dict[str, int] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[1].isdigit():
+            for unit, places in ((cells[0], cells[1]), (cells[3], cells[4])):
+                if unit.startswith("`"):
+                    stated[unit.strip("`")] = int(places)
+                elif unit == "any other unit":
+                    assert int(places) == DEFAULT_DECIMALS
+    assert stated == dict(DECIMALS)
