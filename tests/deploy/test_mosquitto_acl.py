@@ -26,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from devstack.mosquitto import DEFAULT_PERSISTENCE
 from devstack.process import ChildProcess, ServiceError, chown_tree, free_port, service_user, wait_for_port
 from ingest.settings import BridgeSettings, guessable_client_id
 from tests.deploy.compose import interpolate
@@ -185,7 +186,7 @@ def connect(
     client.on_subscribe = on_subscribe
     client.on_message = on_message
     if session_expiry_s:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = session_expiry_s
         client.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
     else:
@@ -411,3 +412,12 @@ def test_entrypoint_refuses_wildcard_device_ids(tmp_path: Path) -> None:
         assert result.returncode == 1, (bad, result.stdout, result.stderr)
         assert "entrypoint:" in result.stderr
         assert not (conf_dir / "passwd").exists()
+
+
+def test_production_broker_saves_as_often_as_the_dev_broker() -> None:
+    # The loss window of a broker crash (docs/operations.md) is the same promise in dev and production.
+    conf = (MOSQUITTO_DIR / "mosquitto.conf").read_text(encoding="utf-8").splitlines()
+    settings = {line.split()[0]: line.split()[1] for line in conf if line and not line.startswith("#")}
+    assert settings["persistence"] == "true"
+    expected = DEFAULT_PERSISTENCE.lines(Path("/mosquitto/data"))
+    assert [f"{key} {settings[key]}" for key in ("autosave_interval", "autosave_on_changes")] == expected[2:]

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as paho
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -75,11 +75,11 @@ def connect_clean(
     *,
     username: str | None = None,
     password: str | None = None,
-    protocol: paho.MQTTProtocolVersion = paho.MQTTv5,
+    protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
 ) -> bool:
     """Connect with ``client_id`` and a clean session (discarding any session kept under that id),
     then disconnect; whether the broker accepted the connection (blocking; run in a thread)."""
-    v5 = protocol == paho.MQTTv5
+    v5 = protocol == MQTTProtocolVersion.MQTTv5
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
