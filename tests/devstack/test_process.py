@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from devstack.process import ChildProcess, free_port, port_is_free
+from devstack.settings import DevSettings
+from devstack.stack import Component, DevStack
 from devstack.supervise import Backoff, ServiceWatch
+from tests.ingest.support import eventually
 
 SCRIPT = """
 import sys, time
@@ -160,3 +164,24 @@ async def test_service_watch_restarts_a_killed_service_and_runs_its_hooks(tmp_pa
     assert service.proc.pid != first
     assert hooks == ["before", "after"]
     service.proc.stop()
+
+
+async def test_stack_restart_delay_resets_after_a_healthy_run(tmp_path: Path) -> None:
+    # A component that runs healthy for a while, then dies, again and again: each restart comes after
+    # the first, shortest delay, never one grown by earlier, long-past crashes.
+    stack = DevStack(DevSettings(state_dir=tmp_path / "state", kafka_max_rss_mb=0))
+    code = "import time, sys; time.sleep(1.0); sys.exit(3)"
+    proc = ChildProcess("crasher", [sys.executable, "-c", code], log_path=tmp_path / "crasher.log")
+    comp = Component("crasher", None, proc, backoff=Backoff(delays=(0.1, 30.0), healthy_after_s=0.5))
+    stack.components.append(comp)
+    comp.start()
+    supervisor = asyncio.create_task(stack.supervise())
+    try:
+        await eventually(lambda: comp.restarts >= 3, 60, "three restarts")
+    finally:
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor
+        comp.proc.stop()
+    assert comp.restarts >= 3
+    assert comp.backoff.failures == 1

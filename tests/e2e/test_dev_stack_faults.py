@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 __all__ = ["state_dir"]  # the fixture, shared with test_dev_stack
 
 LOSS_WINDOW_S = 2.0
+TANSU = "--storage-engine memory:"  # its command line (the test paths contain "tansu" too)
 COUNT_SQL = "SELECT count(*) FROM readings WHERE device_id = $1"
 
 
@@ -140,5 +141,24 @@ def test_postgres_killed_is_restarted_and_readings_flow_again(state_dir: Path) -
         assert _stored(run, "after-pg", 100) == 100, run.text()
         assert _stored(run, "before-pg", 50) == 50
         assert "PostgreSQL died" in run.text()
+    finally:
+        assert run.stop(signal.SIGINT) == 0, run.text()
+
+
+def test_tansu_killed_is_restarted_with_its_topics_and_readings_flow_again(state_dir: Path) -> None:
+    run = DevRun(state_dir, "--no-simulator")
+    run.wait_running()
+    try:
+        _publish(run, "before-tansu", 50)
+        assert _stored(run, "before-tansu", 50) == 50
+        tansu = _child(run, TANSU)
+        os.kill(tansu, signal.SIGKILL)
+        restarted = _child(run, TANSU, not_pid=tansu)
+        assert restarted != tansu
+        # The new, empty topics start at offset 0: the consumers must read them from there.
+        _publish(run, "after-tansu", 100)
+        assert _stored(run, "after-tansu", 100) == 100, run.text()
+        assert "Tansu died" in run.text()
+        assert "LOST" in run.text()  # said loudly: unapplied records of a memory-only broker are gone
     finally:
         assert run.stop(signal.SIGINT) == 0, run.text()
