@@ -1,22 +1,27 @@
 """``cityingest dev`` under service crashes: kill -9 of Mosquitto or PostgreSQL, the stack restarts it.
 
 Mosquitto is killed while the bridge is behind (SIGSTOPped, so the broker holds the backlog): what the
-broker acknowledged before its last save (the chosen loss window, docs/operations.md) must survive.
+broker acknowledged before its last save (the chosen loss window, docs/operations.md) must survive, as
+must that backlog when an outsider connects with every client id of the bridge it can work out.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import asyncpg
 import pytest
+from paho.mqtt.enums import MQTTProtocolVersion
 
 from devstack.postgres import PG_BIN
+from ingest.settings import guessable_client_id
 from tests.e2e.test_dev_stack import DevRun, _wait_count, state_dir
+from tests.ingest.support import connect_clean
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -110,6 +115,10 @@ def test_mosquitto_killed_behind_a_backlog_is_restarted_and_loses_nothing_saved(
         os.kill(bridge, signal.SIGSTOP)
         try:
             _publish(run, "backlog-1", 2000)
+            # An outsider who tries every client id it can work out must not wipe the queued backlog.
+            for guess in (guessable_client_id(socket.gethostname()), guessable_client_id("dev-bridge")):
+                for protocol in (MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311):
+                    assert connect_clean("127.0.0.1", run.ports["mqtt"], guess, protocol=protocol)
             # Every PUBACK came before this point; once the loss window has passed (docs/operations.md:
             # 2 s with the dev broker's settings) the broker has saved them, and a crash loses none.
             time.sleep(LOSS_WINDOW_S + 0.5)
