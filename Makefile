@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SRC := core ingest consumers api cli devstack migrations simulator tests bench scripts
 
-.PHONY: setup run test lint typecheck pytest bench bench-ingest bench-consume bench-catchup bench-api clean
+.PHONY: setup run test lint typecheck pytest bench bench-ingest bench-consume bench-catchup bench-api bench-mosquitto clean
 
 setup:
 	@bash scripts/setup.sh
@@ -33,6 +33,9 @@ bench-catchup: setup
 
 bench-api: setup
 	$(PY) -m bench.api
+
+bench-mosquitto: setup
+	$(PY) -m bench.mosquitto_persist $(ARGS)
 
 bench: setup
 	$(PY) -m bench.e2e $(ARGS)

@@ -187,6 +187,17 @@ class PostgresCluster:
             self.psql(f'CREATE DATABASE "{name}"{tmpl}')
         return self.dsn(name)
 
+    def exit_code(self) -> int | None:
+        """The exit status if the server process ended without stop() (a crash); None while it runs."""
+        return self._proc.returncode() if self._proc is not None else None
+
+    def reset(self) -> None:
+        """Reap a dead server process (and what is left of its process group) before a restart."""
+        if self._proc is not None and not self._proc.alive():
+            self._proc.kill_leftovers()
+            self._proc.wait_stopped()
+            self._proc = None
+
     def running(self) -> bool:
         """Whether the server process runs."""
         return self._proc is not None and self._proc.alive()

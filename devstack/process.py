@@ -206,6 +206,13 @@ class ChildProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
+    def kill_leftovers(self) -> None:
+        """SIGKILL what is left of the process group of a leader that died (PostgreSQL's backends)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            # The group id stays reserved while a member lives, so it cannot name someone else's group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
     def wait_stopped(self) -> int | None:
         """Reap the process and close its log."""
         code = None if self.proc is None else self.proc.wait()

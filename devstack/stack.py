@@ -24,14 +24,15 @@ from devstack.mosquitto import MosquittoBroker
 from devstack.postgres import PostgresCluster
 from devstack.process import ChildProcess, ServiceError, free_port, port_is_free, wait_healthy
 from devstack.runfile import remove_run_file, write_run_file
+from devstack.secrets import state_secret
 from devstack.settings import DevSettings
+from devstack.supervise import Backoff, ServiceWatch
 from devstack.tansu import TansuBroker
 from migrations import apply_migrations
 
 log = logging.getLogger(__name__)
 
 DATABASE = "cityingest"
-RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
 
 
 def _pick_port(settings: DevSettings, name: str, host: str = "127.0.0.1") -> int:
@@ -57,12 +58,18 @@ class Component:
     """A component that may finish on its own (the simulator with a count) is not restarted after exit 0."""
     restarts: int = 0
     next_restart: float = 0.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+    def start(self) -> None:
+        """Start the process (its backoff counts healthy time from now)."""
+        self.proc.start()
+        self.backoff.started(time.monotonic())
 
     def respawn(self) -> None:
         """Start a fresh process with the same command, environment and log."""
         old = self.proc
         self.proc = ChildProcess(old.name, old.argv, log_path=old.log_path, env=old.env)
-        self.proc.start()
+        self.start()
         self.next_restart = 0.0
 
 
@@ -91,6 +98,8 @@ class DevStack:
         self.endpoints = Endpoints()
         self.api_key = ""
         self.key_file = self.state / "dev-api-key"
+        self.client_id_secret_file = self.state / "mqtt-client-id-secret"
+        self.watches: list[ServiceWatch] = []
         self._stopping = False
 
     # -- services -----------------------------------------------------------------------------
@@ -107,6 +116,23 @@ class DevStack:
         self.kafka = TansuBroker(self.logs, _pick_port(s, "kafka_port"))
         self.kafka.start()
         self.endpoints.kafka = self.kafka.bootstrap
+        self.watches = [
+            ServiceWatch("PostgreSQL", self.pg, consequence="nothing committed is lost (WAL recovery)"),
+            ServiceWatch(
+                "Mosquitto",
+                self.mqtt,
+                consequence="messages acknowledged to devices since its last save to "
+                f"{self.mqtt.state_dir} are lost unless the bridge had taken them",
+            ),
+            ServiceWatch(
+                "Tansu",
+                self.kafka,
+                before_restart=self._stop_consumers,
+                after_restart=self._kafka_replaced,
+                consequence="Tansu keeps records in memory only: every record the consumers had not "
+                "applied yet is LOST",
+            ),
+        ]
 
     async def prepare_store(self) -> None:
         """Migrate the database and create the topics."""
@@ -199,10 +225,14 @@ class DevStack:
             )
         port = ports["bridge"]
         self.endpoints.extra["bridge"] = f"http://127.0.0.1:{port}/metrics"
+        # The bridge's MQTT client id is derived from a secret kept with the state: stable across runs
+        # (its persistent session lives under it) and unknown to anyone who could connect and wipe it.
+        secret = state_secret(self.client_id_secret_file)
         self._add(
             "bridge",
             ["bridge", "--http-port", str(port), "--bridge-id", "dev-bridge"],
             f"http://127.0.0.1:{port}/healthz",
+            env={"CITYINGEST_MQTT_CLIENT_ID_SECRET": secret},
         )
         if s.simulator:
             # The simulator registers the city through the API (started before it) as an asset register
@@ -218,7 +248,7 @@ class DevStack:
     async def start_components(self, within_s: float = 60.0) -> None:
         """Start every component and wait until each answers its health check."""
         for comp in self.components:
-            comp.proc.start()
+            comp.start()
             if comp.health_url is not None:
                 await wait_healthy(comp.proc, comp.health_url, within_s)
 
@@ -229,10 +259,13 @@ class DevStack:
                 await wait_healthy(comp.proc, comp.health_url.replace("/healthz", "/readyz"), within_s)
 
     async def supervise(self) -> None:
-        """Restart any component that dies, with backoff, and keep Tansu's memory bounded; until cancelled."""
+        """Restart any service or component that dies, with backoff, and keep Tansu's memory bounded;
+        until cancelled."""
         next_check = time.monotonic() + self.settings.kafka_check_interval_s
         while True:
             await asyncio.sleep(0.5)
+            for watch in self.watches:
+                await watch.check()
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + self.settings.kafka_check_interval_s
                 await self._maybe_rotate_kafka()
@@ -243,7 +276,7 @@ class DevStack:
                 now = time.monotonic()
                 if comp.next_restart == 0.0:
                     comp.proc.wait_stopped()
-                    delay = RESTART_BACKOFF_S[min(comp.restarts, len(RESTART_BACKOFF_S) - 1)]
+                    delay = comp.backoff.delay_after_death(now)
                     comp.next_restart = now + delay
                     log.error(
                         "%s exited with %s; restarting in %.0fs (log: %s)",
@@ -255,6 +288,19 @@ class DevStack:
                 elif now >= comp.next_restart:
                     comp.restarts += 1
                     comp.respawn()
+
+    async def _stop_consumers(self) -> None:
+        for comp in self._component("consumer"):
+            await asyncio.to_thread(comp.proc.stop)
+
+    async def _kafka_replaced(self) -> None:
+        """After Tansu died and restarted empty: recreate the topics and restart the consumers from 0."""
+        await ensure_topics(
+            self.endpoints.kafka, {"readings": self.settings.kafka_partitions, "readings.dlq": 1}
+        )
+        # The new topics start at offset 0: offsets stored for the dead broker's records would skip them.
+        await forget_offsets(self.endpoints.database)
+        await self._restart(self._component("consumer"))
 
     async def _maybe_rotate_kafka(self) -> None:
         limit = self.settings.kafka_max_rss_mb

@@ -64,6 +64,17 @@ class TansuBroker:
         """Memory the broker holds (every record stays in memory)."""
         return self._proc.rss_mb() if self._proc is not None else 0.0
 
+    def exit_code(self) -> int | None:
+        """The exit status if the broker process ended without stop() (a crash); None while it runs."""
+        return self._proc.returncode() if self._proc is not None else None
+
+    def reset(self) -> None:
+        """Reap a dead broker process (and what is left of its process group) before a restart."""
+        if self._proc is not None and not self._proc.alive():
+            self._proc.kill_leftovers()
+            self._proc.wait_stopped()
+            self._proc = None
+
     def running(self) -> bool:
         """Whether the broker process runs."""
         return self._proc is not None and self._proc.alive()

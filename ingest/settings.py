@@ -2,22 +2,47 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
 import os
 import socket
+from typing import Any, Final
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 
 from core.settings import KafkaSettings, MqttSettings
+
+log = logging.getLogger(__name__)
+
+CLIENT_ID_PREFIX: Final = "cityingest-bridge"
+MIN_SECRET_CHARS: Final = 32
+_TAG_HEX: Final = 32  # 128 bits: not guessable, short enough for any broker's client id limit
 
 
 def _default_bridge_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _default_client_id() -> str:
-    # Stable across restarts on purpose: the broker keeps the persistent session (and the messages
-    # queued while the bridge was down) under this id.
-    return f"cityingest-bridge-{socket.gethostname()}"
+def derive_client_id(name: str, secret: str) -> str:
+    """The bridge's MQTT client id for replica ``name``: stable for the same secret, unguessable without it.
+
+    Whoever connects with a bridge's client id and a clean session wipes the messages queued for it;
+    Mosquitto cannot reserve an id to an account, so the id itself must be a secret.
+    """
+    tag = hmac.new(secret.encode(), name.encode(), hashlib.sha256).hexdigest()[:_TAG_HEX]
+    return f"{CLIENT_ID_PREFIX}-{name}-{tag}"
+
+
+def guessable_client_id(name: str) -> str:
+    """The client id a bridge used before ids were derived from a secret (anyone can work it out)."""
+    return f"{CLIENT_ID_PREFIX}-{name}"
+
+
+def _plain(value: Any) -> str | None:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return None if value is None else str(value)
 
 
 class BridgeSettings(KafkaSettings, MqttSettings):
@@ -28,8 +53,16 @@ class BridgeSettings(KafkaSettings, MqttSettings):
         description="Identifier written into every envelope and dead letter (default: hostname-pid).",
     )
     client_id: str = Field(
-        default_factory=_default_client_id,
-        description="MQTT client id; must be stable across restarts and unique per bridge process.",
+        "",
+        description="MQTT client id, stable across restarts and unique per bridge process; whoever knows "
+        "it can wipe the bridge's queued messages, so treat it as a secret (default: derived from "
+        "--mqtt-client-id-secret and the bridge id, or the host name).",
+    )
+    mqtt_client_id_secret: SecretStr | None = Field(
+        None,
+        description=f"Secret (at least {MIN_SECRET_CHARS} characters) the MQTT client id is derived from: "
+        "cityingest-bridge-<bridge id>-<HMAC-SHA256(secret, bridge id)>. Required when the broker "
+        "asks for a username, unless --client-id is given.",
     )
     shared_group: str | None = Field(
         None,
@@ -82,3 +115,33 @@ class BridgeSettings(KafkaSettings, MqttSettings):
     http_port: int = Field(
         9100, ge=0, le=65535, description="Port of the bridge's HTTP endpoints (0 = pick a free one)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_client_id(cls, data: Any) -> Any:
+        # Before validation: the default bridge id (hostname-pid) changes on every start, so the client
+        # id is derived from an explicitly given bridge id only, else from the host name.
+        if not isinstance(data, dict) or data.get("client_id"):
+            return data
+        secret = _plain(data.get("mqtt_client_id_secret"))
+        name = str(data.get("bridge_id") or socket.gethostname())
+        if secret:
+            if len(secret) < MIN_SECRET_CHARS:
+                raise ValueError(
+                    f"mqtt_client_id_secret must have at least {MIN_SECRET_CHARS} characters "
+                    "(generate one with `openssl rand -hex 32`)"
+                )
+            return {**data, "client_id": derive_client_id(name, secret)}
+        if data.get("mqtt_username"):
+            raise ValueError(
+                "the broker requires a username but the bridge's MQTT client id would be the guessable "
+                f"{guessable_client_id(name)!r}: any account could wipe the bridge's queued messages "
+                "with it; set CITYINGEST_MQTT_CLIENT_ID_SECRET (`openssl rand -hex 32`) or a secret "
+                "CITYINGEST_CLIENT_ID"
+            )
+        log.warning(
+            "MQTT client id %r is guessable: anyone who connects with it and a clean session wipes the "
+            "messages queued for this bridge; set CITYINGEST_MQTT_CLIENT_ID_SECRET",
+            guessable_client_id(name),
+        )
+        return {**data, "client_id": guessable_client_id(name)}

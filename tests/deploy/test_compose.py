@@ -20,7 +20,7 @@ from cli.flags import settings_from_args
 from cli.main import build_parser
 from consumers.settings import ConsumerSettings
 from core.settings import ENV_PREFIX
-from ingest.settings import BridgeSettings
+from ingest.settings import BridgeSettings, derive_client_id
 from tests.deploy.compose import (
     MissingVariable,
     compose_schema_validator,
@@ -30,10 +30,11 @@ from tests.deploy.compose import (
 )
 
 REPO: Final = Path(__file__).resolve().parents[2]
-REQUIRED_SECRETS: Final = {"POSTGRES_PASSWORD", "MQTT_BRIDGE_PASSWORD"}
+REQUIRED_SECRETS: Final = {"POSTGRES_PASSWORD", "MQTT_BRIDGE_PASSWORD", "MQTT_CLIENT_ID_SECRET"}
 ENV: Final = {
     "POSTGRES_PASSWORD": "pg-secret",
     "MQTT_BRIDGE_PASSWORD": "mqtt-secret",
+    "MQTT_CLIENT_ID_SECRET": "0123456789abcdef" * 4,
     "KAFKA_PARTITIONS": "12",
 }
 ONE_SHOT: Final = {"migrate", "kafka-topics"}
@@ -114,7 +115,7 @@ def test_required_secrets_fail_fast(raw: dict[str, Any], secret: str) -> None:
 
 def test_every_secret_is_required(raw: dict[str, Any]) -> None:
     text = (REPO / "docker-compose.yml").read_text(encoding="utf-8")
-    used = set(re.findall(r"\$\{([A-Z_]*PASSWORD[A-Z_]*)", text))
+    used = set(re.findall(r"\$\{([A-Z_]*(?:PASSWORD|SECRET)[A-Z_]*)", text))
     assert used == REQUIRED_SECRETS
     for name in used:
         assert re.findall(rf"\$\{{{name}([^}}]*)\}}", text), name
@@ -122,7 +123,7 @@ def test_every_secret_is_required(raw: dict[str, Any]) -> None:
     # No secret value is written into the file itself.
     for svc in raw["services"].values():
         for key, value in svc.get("environment", {}).items():
-            if "PASSWORD" in key:
+            if "PASSWORD" in key or "SECRET" in key:
                 assert str(value).count("${") >= 1, key
 
 
@@ -180,6 +181,9 @@ def test_two_bridges_share_one_subscription(compose: dict[str, Any], monkeypatch
     assert None not in groups
     # Distinct MQTT client ids: a second connection with the same id would kick the first off.
     assert len({s.client_id for s in bridge_settings}) == 2
+    # Derived from the secret, so no device can connect with one and wipe that bridge's queue.
+    for s in bridge_settings:
+        assert s.client_id == derive_client_id(s.bridge_id, ENV["MQTT_CLIENT_ID_SECRET"])
     assert len({s.bridge_id for s in bridge_settings}) == 2
     for s in bridge_settings:
         assert s.mqtt_username == "bridge"

@@ -246,7 +246,12 @@ def test_bridges_share_one_subscription_with_stable_client_ids(rendered: list[di
     assert args[args.index("--shared-group") + 1] == "bridges"
     env = {v["name"]: v for v in container["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert "$(POD_NAME)" in env["CITYINGEST_CLIENT_ID"]["value"]
+    # The client id is derived from the pod name (stable per replica) and a secret (unguessable):
+    # no explicit, guessable id may override that derivation.
+    assert env["CITYINGEST_BRIDGE_ID"]["value"] == "$(POD_NAME)"
+    assert "CITYINGEST_CLIENT_ID" not in env
+    ref = env["CITYINGEST_MQTT_CLIENT_ID_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "cityingest", "key": "mqtt-client-id-secret"}
 
 
 def test_migrations_get_the_policy_ages(rendered: list[dict[str, Any]]) -> None:

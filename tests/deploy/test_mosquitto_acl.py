@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import socket
 import subprocess
 import threading
 import uuid
@@ -21,10 +22,16 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from devstack.mosquitto import DEFAULT_PERSISTENCE
 from devstack.process import ChildProcess, ServiceError, chown_tree, free_port, service_user, wait_for_port
+from ingest.settings import BridgeSettings, guessable_client_id
+from tests.deploy.compose import interpolate
+from tests.deploy.test_compose import ENV, settings_of
+from tests.ingest.support import connect_clean
 
 pytestmark = pytest.mark.integration
 
@@ -140,10 +147,15 @@ def connect(
     username: str | None,
     password: str | None,
     protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
+    *,
+    client_id: str | None = None,
+    session_expiry_s: int = 0,
 ) -> Session:
-    """Connect and wait for the CONNACK (accepted or not); the caller closes the session."""
+    """Connect and wait for the CONNACK (accepted or not); the caller closes the session.
+
+    With ``session_expiry_s`` (MQTT 5) the broker keeps the session, as it does the bridge's."""
     client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"acl-{uuid.uuid4().hex[:8]}", protocol=protocol
+        CallbackAPIVersion.VERSION2, client_id=client_id or f"acl-{uuid.uuid4().hex[:8]}", protocol=protocol
     )
     session = Session(client)
     if username is not None:
@@ -173,7 +185,12 @@ def connect(
     client.on_publish = on_publish
     client.on_subscribe = on_subscribe
     client.on_message = on_message
-    client.connect("127.0.0.1", broker.port)
+    if session_expiry_s:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = session_expiry_s
+        client.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
+    else:
+        client.connect("127.0.0.1", broker.port)
     client.loop_start()
     assert session.connected.wait(WAIT_S), "no CONNACK"
     return session
@@ -293,6 +310,57 @@ def test_connection_refused(
         session.close()
 
 
+def test_device_cannot_wipe_the_bridges_queue(
+    broker: Broker, dev_a: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bridge exactly as docker-compose.yml configures it, through the real command line.
+    compose = interpolate(yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8")), ENV)
+    command, settings, _ = settings_of(compose["services"]["bridge-1"], monkeypatch)
+    assert command == "bridge"
+    assert isinstance(settings, BridgeSettings)
+    assert settings.shared_group is not None
+    sub = f"$share/{settings.shared_group}/city/+/+/telemetry"
+    # Its persistent session, then it goes away: what devices publish now is queued for it.
+    bridge = connect(broker, "bridge", BRIDGE_PASSWORD, client_id=settings.client_id, session_expiry_s=3600)
+    try:
+        assert bridge.connack is not None
+        assert not bridge.connack.is_failure
+        assert [rc.value for rc in bridge.subscribe(sub)] == [1]
+    finally:
+        bridge.close()
+    sent = [f"queued-{i}".encode() for i in range(5)]
+    for payload in sent:
+        assert dev_a.publish("city/water/dev-a/telemetry", payload).value == 0
+    # Every id a device can know or guess: the bridge's account name, the ids earlier releases used
+    # (cityingest-bridge-<host>, compose's cityingest-bridge-1), the documented pattern without the secret.
+    guesses = {
+        "bridge",
+        guessable_client_id(socket.gethostname()),
+        "cityingest-bridge-1",
+        guessable_client_id(settings.bridge_id),
+    }
+    assert settings.client_id not in guesses
+    for guess in sorted(guesses):
+        for protocol in (MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311):
+            assert connect_clean(
+                "127.0.0.1",
+                broker.port,
+                guess,
+                username="dev-a",
+                password=DEVICES["dev-a"],
+                protocol=protocol,
+            )
+    back = connect(broker, "bridge", BRIDGE_PASSWORD, client_id=settings.client_id, session_expiry_s=3600)
+    try:
+        assert back.connack is not None
+        assert not back.connack.is_failure
+        assert [next_message(back) for _ in sent] == [("city/water/dev-a/telemetry", p) for p in sent]
+        # Clean up: the next test's bridge fixture shares the subscription group.
+        back.client.unsubscribe(sub)
+    finally:
+        back.close()
+
+
 def test_compose_healthcheck_command_passes(broker: Broker) -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))
     kind, command = compose["services"]["mosquitto"]["healthcheck"]["test"]
@@ -344,3 +412,12 @@ def test_entrypoint_refuses_wildcard_device_ids(tmp_path: Path) -> None:
         assert result.returncode == 1, (bad, result.stdout, result.stderr)
         assert "entrypoint:" in result.stderr
         assert not (conf_dir / "passwd").exists()
+
+
+def test_production_broker_saves_as_often_as_the_dev_broker() -> None:
+    # The loss window of a broker crash (docs/operations.md) is the same promise in dev and production.
+    conf = (MOSQUITTO_DIR / "mosquitto.conf").read_text(encoding="utf-8").splitlines()
+    settings = {line.split()[0]: line.split()[1] for line in conf if line and not line.startswith("#")}
+    assert settings["persistence"] == "true"
+    expected = DEFAULT_PERSISTENCE.lines(Path("/mosquitto/data"))
+    assert [f"{key} {settings[key]}" for key in ("autosave_interval", "autosave_on_changes")] == expected[2:]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +14,10 @@ from pathlib import Path
 import pytest
 
 from devstack.process import ChildProcess, free_port, port_is_free
+from devstack.settings import DevSettings
+from devstack.stack import Component, DevStack
+from devstack.supervise import Backoff, ServiceWatch
+from tests.ingest.support import eventually
 
 SCRIPT = """
 import sys, time
@@ -83,3 +89,99 @@ def test_missing_postgres_names_the_install_command(tmp_path: Path, missing: str
     assert result.returncode != 0
     assert "apt-get install postgresql-15" in result.stderr
     assert "make setup" in result.stderr
+
+
+def test_backoff_grows_with_each_crash_and_resets_after_a_healthy_period() -> None:
+    backoff = Backoff(delays=(1.0, 2.0, 5.0, 10.0), healthy_after_s=60.0)
+    backoff.started(0.0)
+    now, delays = 0.0, []
+    # Five crashes, each one second after its restart: the delay grows to its ceiling and stays there.
+    for _ in range(5):
+        now += 1.0
+        delay = backoff.delay_after_death(now)
+        delays.append(delay)
+        now += delay
+        backoff.started(now)
+    assert delays == [1.0, 2.0, 5.0, 10.0, 10.0]
+    # A run of a healthy period, then a crash: restarted after the shortest delay again, as new.
+    now += 60.0
+    assert backoff.delay_after_death(now) == 1.0
+    backoff.started(now + 1.0)
+    assert backoff.delay_after_death(now + 2.0) == 2.0
+
+
+class _Sleeper:
+    """A stand-in service: a real process that a test can kill."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.proc: ChildProcess | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 10.0) -> None:  # noqa: ARG002 - the Service protocol's signature
+        self.proc = ChildProcess(
+            "sleeper", [sys.executable, "-c", "import time; time.sleep(120)"], log_path=self.log_path
+        )
+        self.proc.start()
+        self.starts += 1
+
+    def exit_code(self) -> int | None:
+        return self.proc.returncode() if self.proc is not None else None
+
+    def reset(self) -> None:
+        if self.proc is not None and not self.proc.alive():
+            self.proc.kill_leftovers()
+            self.proc.wait_stopped()
+            self.proc = None
+
+
+async def test_service_watch_restarts_a_killed_service_and_runs_its_hooks(tmp_path: Path) -> None:
+    service = _Sleeper(tmp_path / "sleeper.log")
+    service.start()
+    hooks: list[str] = []
+
+    async def before() -> None:
+        hooks.append("before")
+
+    async def after() -> None:
+        hooks.append("after")
+
+    watch = ServiceWatch("sleeper", service, before_restart=before, after_restart=after)
+    watch.backoff = Backoff(delays=(0.1,), healthy_after_s=60.0)
+    await watch.check()
+    assert service.starts == 1  # alive: nothing to do
+    assert service.proc is not None
+    first = service.proc.pid
+    service.proc.kill()
+    deadline = time.monotonic() + 30
+    while watch.restarts == 0 and time.monotonic() < deadline:
+        await watch.check()
+        await asyncio.sleep(0.05)
+    assert watch.restarts == 1
+    assert service.starts == 2
+    assert service.proc is not None
+    assert service.proc.alive()
+    assert service.proc.pid != first
+    assert hooks == ["before", "after"]
+    service.proc.stop()
+
+
+async def test_stack_restart_delay_resets_after_a_healthy_run(tmp_path: Path) -> None:
+    # A component that runs healthy for a while, then dies, again and again: each restart comes after
+    # the first, shortest delay, never one grown by earlier, long-past crashes.
+    stack = DevStack(DevSettings(state_dir=tmp_path / "state", kafka_max_rss_mb=0))
+    code = "import time, sys; time.sleep(1.0); sys.exit(3)"
+    proc = ChildProcess("crasher", [sys.executable, "-c", code], log_path=tmp_path / "crasher.log")
+    comp = Component("crasher", None, proc, backoff=Backoff(delays=(0.1, 30.0), healthy_after_s=0.5))
+    stack.components.append(comp)
+    comp.start()
+    supervisor = asyncio.create_task(stack.supervise())
+    try:
+        await eventually(lambda: comp.restarts >= 3, 60, "three restarts")
+    finally:
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor
+        comp.proc.stop()
+    assert comp.restarts >= 3
+    assert comp.backoff.failures == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -11,8 +12,9 @@ from typing import Any
 import orjson
 import paho.mqtt.client as paho
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from core.deadletter import DeadLetter, decode_dead_letter
 from core.readings import Envelope, decode_envelope
@@ -64,6 +66,48 @@ def publish_all(
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def connect_clean(
+    host: str,
+    port: int,
+    client_id: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
+) -> bool:
+    """Connect with ``client_id`` and a clean session (discarding any session kept under that id),
+    then disconnect; whether the broker accepted the connection (blocking; run in a thread)."""
+    v5 = protocol == MQTTProtocolVersion.MQTTv5
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=protocol,
+        clean_session=None if v5 else True,
+    )
+    if username is not None:
+        client.username_pw_set(username, password)
+    accepted: list[bool] = []
+    done = threading.Event()
+
+    def on_connect(_c: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Properties | None) -> None:
+        accepted.append(not rc.is_failure)
+        done.set()
+
+    client.on_connect = on_connect
+    if v5:
+        client.connect(host, port, clean_start=True)
+    else:
+        client.connect(host, port)
+    client.loop_start()
+    try:
+        if not done.wait(10):
+            raise RuntimeError(f"no CONNACK for client id {client_id!r}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return accepted[0]
 
 
 def publish_qos0(host: str, port: int, topic: str, payload: bytes) -> None:
