@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -62,6 +62,12 @@ def envelope(device: str, domain: str, readings: Sequence[tuple[str, datetime, f
     rs = tuple(Reading(m, to_us(ts), v, f) for m, ts, v, f in readings)
     received = max(r.ts_us for r in rs)
     return Envelope(device, domain, "bridge-test", received, rs)
+
+
+def burst(device: str, n: int) -> list[Envelope]:
+    """``n`` one-reading envelopes of ``device`` (one key, so one partition), for batched produces."""
+    first = datetime(2026, 1, 1, tzinfo=UTC)
+    return [envelope(device, "water", [("water_flow", first + timedelta(seconds=i), i, 0)]) for i in range(n)]
 
 
 async def apply(
