@@ -123,6 +123,8 @@ async def real_end_offsets(
                 pending.discard(tp)
                 client.pause(tp)
     if pending:
+        # Not fetched any further meanwhile: the client may be used again (or only stopped) later.
+        client.pause(*pending)
         log.warning(
             "end offsets of %d partition(s) not settled within %.1f s / %d records: %s",
             len(pending),
