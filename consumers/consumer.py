@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 
 """Dead-letter reason of a record the database refused although it decoded (should never happen)."""
 _REVOKE_WAIT_S = 30.0
-_ENDS_INTERVAL_S = 5.0
-"""How often the lag metric's real end offsets are refreshed (a short read of each partition's tail)."""
 
 
 def _now_us() -> int:
@@ -68,10 +66,6 @@ class Consumer:
         self._insert_mode = InsertMode()
         self._pool: asyncpg.Pool | None = None
         self._kafka: AIOKafkaConsumer | None = None
-        self._ends_client: AIOKafkaConsumer | None = None
-        """Without a group: reads past the end offsets Kafka reports (core.offsets), for lag and resets."""
-        self._ends_lock = asyncio.Lock()
-        self._ends: dict[TopicPartition, int] = {}
         self._producer: AIOKafkaProducer | None = None
         self._probe: ProbeServer | None = None
         self._run_task: asyncio.Task[None] | None = None
@@ -149,19 +143,10 @@ class Consumer:
                 session_timeout_ms=s.kafka_session_timeout_ms,
                 heartbeat_interval_ms=max(100, s.kafka_session_timeout_ms // 5),
             )
-            self._ends_client = AIOKafkaConsumer(
-                bootstrap_servers=s.kafka_bootstrap,
-                group_id=None,
-                client_id=f"{s.consumer_id}-ends",
-                enable_auto_commit=False,
-                fetch_max_wait_ms=PROBE_WAIT_MS,
-                auto_offset_reset="latest",
-            )
             self._store.kafka = self._kafka
             self._kafka.subscribe([s.readings_topic], listener=_Rebalance(self))
             try:
                 await self._producer.start()
-                await self._ends_client.start()
                 await self._kafka.start()
             except KafkaConnectionError as exc:
                 raise BrokerUnavailable(f"cannot reach Kafka at {s.kafka_bootstrap}: {exc}") from exc
@@ -175,7 +160,6 @@ class Consumer:
                 name="consumer-retention",
             ),
             asyncio.create_task(self._commit_loop(), name="consumer-kafka-commit"),
-            asyncio.create_task(self._ends_loop(), name="consumer-end-offsets"),
         ]
         log.info("consumer %s started in group %s on %s", s.consumer_id, s.group_id, s.readings_topic)
 
@@ -200,7 +184,6 @@ class Consumer:
         for closer in (
             self._kafka.stop if self._kafka else None,
             self._producer.stop if self._producer else None,
-            self._ends_client.stop if self._ends_client else None,
             self._probe.stop if self._probe else None,
         ):
             if closer is not None:
@@ -374,7 +357,6 @@ class Consumer:
         for tp in revoked:
             self._positions.pop(tp, None)
             self._to_commit.pop(tp, None)
-            self._ends.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
         if revoked:
@@ -421,36 +403,30 @@ class Consumer:
         )
 
     async def _real_ends(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        """Each partition's real end: Tansu's reported ends (and high watermarks) miss the last batch."""
-        if self._ends_client is None:
-            raise RuntimeError("the consumer is not started")
-        async with self._ends_lock:
-            return (await real_end_offsets(self._ends_client, partitions, max_wait_s=2.0)).ends
-
-    async def _ends_loop(self) -> None:
-        """Refresh the real end offsets the lag metric is measured against."""
-        while True:
-            await asyncio.sleep(_ENDS_INTERVAL_S)
-            assigned = sorted(self._assigned)
-            if not assigned:
-                continue
-            try:
-                async with asyncio.timeout(_ENDS_INTERVAL_S * 2):
-                    found = await self._real_ends(assigned)
-            except (TimeoutError, KafkaError, OSError) as exc:
-                # The metric keeps its last value; the batches do not depend on it.
-                log.debug("end offsets for the lag metric unavailable: %r", exc)
-                continue
-            self._ends.update({tp: end for tp, end in found.items() if tp in self._assigned})
-            self._update_lag()
+        """Where ``latest`` starts: each partition's real end (Tansu's ListOffsets answer falls short)."""
+        # Its own client without a group: the probe assigns and seeks, which a group member must not.
+        client = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=None,
+            client_id=f"{self.settings.consumer_id}-ends",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=PROBE_WAIT_MS,
+            auto_offset_reset="latest",
+        )
+        await client.start()
+        try:
+            return (await real_end_offsets(client, partitions)).ends
+        finally:
+            await client.stop()
 
     def _update_lag(self) -> None:
+        # A fetch response's high watermark is the real end on Tansu too (only its ListOffsets answer
+        # falls short, see core.offsets): tests/consumers/test_consumer_ends.py keeps it so.
         for tp in self._assigned:
-            # The fetch's high watermark is fresher, the probed end right past Tansu's batches: the larger.
-            ends = [e for e in (self._k.highwater(tp), self._ends.get(tp)) if e is not None]
+            high = self._k.highwater(tp)
             position = self._positions.get(tp)
-            if ends and position is not None:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(max(ends) - position, 0))
+            if high is not None and position is not None:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(high - position, 0))
 
     async def _commit_loop(self) -> None:
         """Commit the stored offsets to Kafka too (for lag tools), off the batch path."""

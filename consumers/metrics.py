@@ -42,7 +42,7 @@ class ConsumerMetrics:
         self.store_up = Gauge(f"{_PREFIX}_store_up", "1 while the database accepts batches.", registry=r)
         self.lag = Gauge(
             f"{_PREFIX}_lag",
-            "Records of each assigned partition not yet applied (real end offset - stored offset).",
+            "Records of each assigned partition not yet applied (high watermark - stored offset).",
             ["topic", "partition"],
             registry=r,
         )
