@@ -7,10 +7,13 @@ end ``e`` and reads from ``e - 1`` (the last batch's base offset on Tansu, the l
 until a fetch at the reached position comes back empty; the end is max(e, last offset read + 1).
 
 Every reader of end offsets uses it: the dev stack's drain and Tansu rotation, the API's lag and
-overview, the consumer's lag metric. It lives in ``core`` because ``ingest``, ``consumers`` and ``api``
-may all import ``core`` and never each other; ``core`` imports no I/O library, so the function is typed
-against :class:`EndReader`, the few methods of aiokafka's ``AIOKafkaConsumer`` it calls, and each
-caller passes its own client (``group_id=None``: the probe assigns and seeks) and handles its errors.
+overview, the consumer where ``latest`` starts. (The consumer's lag metric uses the high watermark of
+its fetch responses, which Tansu reports right.)
+
+It lives in ``core`` because ``ingest``, ``consumers`` and ``api`` may all import ``core`` and never
+each other; ``core`` imports no I/O library, so the function is typed against :class:`EndReader`, the
+few methods of aiokafka's ``AIOKafkaConsumer`` it calls, and each caller passes its own client
+(``group_id=None``: the probe assigns and seeks) and handles that client's errors.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ class EndReader(Protocol[TP]):
     def last_poll_timestamp(self, partition: TP) -> int | None:
         """Wall-clock ms of the last fetch response for the current position (None before the first)."""
 
-    async def getmany(self, *partitions: TP, timeout_ms: int = ...) -> Mapping[TP, Sequence[Any]]:
+    async def getmany(self, *partitions: TP, timeout_ms: int = ...) -> Mapping[TP, Sequence[HasOffset]]:
         """Records fetched so far, waiting up to ``timeout_ms`` for some."""
 
 
@@ -90,8 +93,9 @@ async def real_end_offsets(
     reported = {tp: int(o) for tp, o in (await client.end_offsets(wanted)).items()}
     starts = {tp: int(o) for tp, o in (await client.beginning_offsets(wanted)).items()}
     ends = dict(reported)
-    # A partition whose log starts at its reported end holds no record (empty, or all deleted);
-    # otherwise the record at e - 1 (or the first kept one, after compaction or retention) exists.
+    # A partition whose log starts at its reported end holds no record (empty, or all deleted). From
+    # e - 1 on (the log start, if retention removed e - 1), a record compaction removed or a
+    # transaction marker is simply not returned: the end is then e.
     pending = {tp for tp in wanted if reported[tp] > starts.get(tp, 0)}
     if not pending:
         return EndOffsets(ends, frozenset())
