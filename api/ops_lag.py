@@ -55,11 +55,11 @@ def kafka_warning(bootstrap: str, timeout_s: float) -> str:
 
 
 def unsettled_warning(unsettled: Iterable[tuple[str, int]]) -> str | None:
-    """What the lag view says when reading past a reported end offset did not finish in time."""
+    """What the lag view says when reading past a reported end offset was not answered in time."""
     names = sorted(f"{t}/{p}" for t, p in unsettled)
     if not names:
         return None
     return (
         f"end offsets of {', '.join(names)} may be low: reading past the end Kafka reported "
-        "did not finish in time"
+        "was not answered in time"
     )

@@ -18,8 +18,8 @@ class PartitionLag(BaseModel):
     partition: int
     end_offset: int | None = Field(
         description="The offset after the partition's last record, read from the partition past the end "
-        "Kafka reports (Tansu reports less after batched writes); a lower bound if the read did not finish "
-        "in time (see `warning`); null when Kafka did not answer."
+        "Kafka reports (Tansu reports less after batched writes); possibly low if that read was not "
+        "answered in time (`warning` says so); null when Kafka did not answer."
     )
     stored_offset: int | None = Field(description="Next offset the store will apply; null if none yet.")
     lag: int | None = Field(description="max(0, end - stored); null when the end offset is unknown.")

@@ -67,8 +67,9 @@ class EndReader(Protocol[TP]):
 
 @dataclass(frozen=True, slots=True)
 class EndOffsets(Generic[TP]):
-    """Real end offset per partition; ``unsettled`` ones are lower bounds (the probe ran out of time
-    or records before a fetch at the reached position came back empty)."""
+    """Real end offset per partition. ``unsettled`` ones may be low: no record from ``e - 1`` on and no
+    empty answer arrived in time. The others are at least the end as of the call (a partition still
+    written to may have grown since)."""
 
     ends: dict[TP, int]
     unsettled: frozenset[TP]
@@ -83,8 +84,10 @@ async def real_end_offsets(
 ) -> EndOffsets[TP]:
     """The offset after the last record of each partition, read past what ListOffsets reports.
 
-    Bounded: at most ``max_wait_s`` of fetching and ``max_records`` records read over all partitions;
-    a partition not settled within them keeps the highest end seen and is listed as unsettled.
+    Bounded: at most ``max_wait_s`` of fetching and ``max_records`` records read over all partitions.
+    A partition still written to keeps yielding records: its end is the highest seen within the bounds.
+    One that yielded neither a record nor an empty answer within them keeps its reported end and is
+    listed as unsettled.
     ``client`` must be a consumer without a group: its assignment is replaced.
     """
     wanted = list(dict.fromkeys(partitions))
@@ -109,6 +112,9 @@ async def real_end_offsets(
     client.pause(*(tp for tp in wanted if tp not in pending))
     deadline = time.monotonic() + max_wait_s
     read = 0
+    # Records from e - 1 on arrived: the last batch as of the call was read (on Tansu it holds e - 1,
+    # on Kafka e - 1 is the last record), so the end is known as of the call; later ones are newer.
+    reached: set[TP] = set()
     while pending and read < max_records:
         left_ms = int((deadline - time.monotonic()) * 1000)
         if left_ms <= 0:
@@ -120,23 +126,25 @@ async def real_end_offsets(
                 read += len(records)
                 ends[tp] = max(ends[tp], max(int(r.offset) for r in records) + 1)
                 since[tp] = returned
+                reached.add(tp)
         for tp in [tp for tp in pending if not batch.get(tp)]:
             polled = client.last_poll_timestamp(tp)
             # Strictly later: a response stamped in the same ms as our last take may be the one we took.
             if polled is not None and polled > since[tp]:
                 pending.discard(tp)
                 client.pause(tp)
-    if pending:
-        # Not fetched any further meanwhile: the client may be used again (or only stopped) later.
-        client.pause(*pending)
+    # Not fetched any further meanwhile: the client may be used again (or only stopped) later.
+    client.pause(*pending)
+    unsettled = frozenset(pending - reached)
+    if unsettled:
         log.warning(
             "end offsets of %d partition(s) not settled within %.1f s / %d records: %s",
-            len(pending),
+            len(unsettled),
             max_wait_s,
             max_records,
-            sorted(map(str, pending)),
+            sorted(map(str, unsettled)),
         )
-    return EndOffsets(ends, frozenset(pending))
+    return EndOffsets(ends, unsettled)
 
 
 def _now_ms() -> int:

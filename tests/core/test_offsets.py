@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -58,13 +60,31 @@ async def test_real_ends_are_bounded_and_say_so(
     tp = TopicPartition(topic, partition)
     reported = (await client.end_offsets([tp]))[tp]
 
-    # Out of records after the first fetched one: a lower bound, flagged as such.
+    # Out of records after the first answer from e - 1: that answer held the last batch, so the end.
     capped = await real_end_offsets(client, [tp], max_records=1)
-    assert capped.unsettled == {tp}
-    assert reported <= capped.ends[tp] <= end
+    assert (capped.ends, capped.unsettled) == ({tp: end}, frozenset())
     # No time at all: the reported end, flagged.
     hurried = await real_end_offsets(client, [tp], max_wait_s=0)
     assert (hurried.ends, hurried.unsettled) == ({tp: reported}, frozenset({tp}))
     # An empty partition needs no fetch and is settled at 0.
     empty = TopicPartition(topic, next(p for p in range(3) if p != partition))
     assert await real_end_offsets(client, [empty], max_wait_s=0) == EndOffsets({empty: 0}, frozenset())
+
+
+async def test_real_ends_of_a_partition_still_written_to(
+    kafka_bootstrap: str, kafka_topics: KafkaTopics, client: AIOKafkaConsumer
+) -> None:
+    """A producer that does not stop: the probe ends within its bounds, at or past the end of the call."""
+    topic = kafka_topics.readings
+    readings = burst("burst-3", 2000)
+    [(partition, end)] = (await produce(kafka_bootstrap, topic, readings[:100], chunk=7)).items()
+    tp = TopicPartition(topic, partition)
+    writing = asyncio.create_task(produce(kafka_bootstrap, topic, readings[100:], chunk=7, pause_s=0.01))
+    try:
+        found = await real_end_offsets(client, [tp], max_wait_s=1.0)
+    finally:
+        writing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writing
+    assert found.unsettled == frozenset()
+    assert end <= found.ends[tp] <= 2000
