@@ -42,7 +42,7 @@ class KafkaSnapshot:
 
     ends: dict[tuple[str, int], int] | None
     unsettled: frozenset[tuple[str, int]] = frozenset()
-    """Partitions whose end offset is a lower bound: reading past the reported end did not finish."""
+    """Partitions whose end offset may be low: reading past the reported end was not answered in time."""
     latency_ms: float | None = None
     error: str | None = None
     dlq_size: int | None = None

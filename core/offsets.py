@@ -4,7 +4,9 @@ Tansu (the dev stack's Kafka-protocol broker) answers ListOffsets with the base 
 record batch + 1 instead of the last offset + 1: after batched produces it under-reports the end by up
 to a batch. Apache Kafka answers right. :func:`real_end_offsets` works on both: it takes the reported
 end ``e`` and reads from ``e - 1`` (the last batch's base offset on Tansu, the last record on Kafka)
-until a fetch at the reached position comes back empty; the end is max(e, last offset read + 1).
+until a fetch at the reached position comes back empty, or the records read reach the high watermark
+of the fetch answer that carried them (so a partition still written to is not followed for long); the
+end is max(e, last offset read + 1).
 
 Every reader of end offsets uses it: the dev stack's drain and Tansu rotation, the API's lag and
 overview, the consumer where ``latest`` starts. (The consumer's lag metric uses the high watermark of
@@ -57,6 +59,9 @@ class EndReader(Protocol[TP]):
 
     def pause(self, *partitions: TP) -> None:
         """Stop fetching these partitions."""
+
+    def highwater(self, partition: TP) -> int | None:
+        """High watermark in the last fetch answer for ``partition`` (None before the first)."""
 
     def last_poll_timestamp(self, partition: TP) -> int | None:
         """Wall-clock ms of the last fetch response for the current position (None before the first)."""
@@ -127,6 +132,11 @@ async def real_end_offsets(
                 ends[tp] = max(ends[tp], max(int(r.offset) for r in records) + 1)
                 since[tp] = returned
                 reached.add(tp)
+                high = client.highwater(tp)
+                if high is not None and ends[tp] >= high:
+                    # Everything the broker held when it answered: what comes later is newer.
+                    pending.discard(tp)
+                    client.pause(tp)
         for tp in [tp for tp in pending if not batch.get(tp)]:
             polled = client.last_poll_timestamp(tp)
             # Strictly later: a response stamped in the same ms as our last take may be the one we took.
