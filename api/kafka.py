@@ -10,22 +10,32 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from core.offsets import PROBE_WAIT_MS, EndOffsets, real_end_offsets
+
 log = logging.getLogger(__name__)
 
 
-async def end_offsets(
-    bootstrap: str, topics: Iterable[str], timeout_s: float
-) -> dict[tuple[str, int], int] | None:
-    """High watermark of every partition of ``topics``, or None if Kafka does not answer in time."""
-    wanted = sorted(set(topics))
-    if not wanted:
-        return {}
-    consumer = AIOKafkaConsumer(
+def probe_client(bootstrap: str, timeout_s: float) -> AIOKafkaConsumer:
+    """A consumer without a group, for :func:`core.offsets.real_end_offsets` (and reading a topic's tail)."""
+    return AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
         request_timeout_ms=max(1000, int(timeout_s * 1000)),
+        fetch_max_wait_ms=PROBE_WAIT_MS,
+        # A probe position out of range (retention deleted it meanwhile) restarts at the reported end.
+        auto_offset_reset="latest",
     )
+
+
+async def end_offsets(
+    bootstrap: str, topics: Iterable[str], timeout_s: float
+) -> EndOffsets[tuple[str, int]] | None:
+    """Real end offset of every partition of ``topics``, or None if Kafka does not answer in time."""
+    wanted = sorted(set(topics))
+    if not wanted:
+        return EndOffsets({}, frozenset())
+    consumer = probe_client(bootstrap, timeout_s)
     try:
         async with asyncio.timeout(timeout_s):
             await consumer.start()
@@ -34,13 +44,20 @@ async def end_offsets(
                 for topic in wanted
                 for p in sorted(consumer.partitions_for_topic(topic) or ())
             ]
-            if not partitions:
-                return {}
-            ends = await consumer.end_offsets(partitions)
+            # Half the time for reading past the reported ends: the rest is for connecting.
+            found = await real_end_offsets(consumer, partitions, max_wait_s=timeout_s / 2)
     except (TimeoutError, KafkaError, OSError) as exc:
         log.warning("Kafka end offsets unavailable from %s: %r", bootstrap, exc)
         return None
     finally:
         with contextlib.suppress(KafkaError, OSError):
             await asyncio.shield(consumer.stop())
-    return {(tp.topic, tp.partition): int(offset) for tp, offset in ends.items()}
+    return by_name(found)
+
+
+def by_name(found: EndOffsets[TopicPartition]) -> EndOffsets[tuple[str, int]]:
+    """The same end offsets keyed by plain ``(topic, partition)`` tuples."""
+    return EndOffsets(
+        {(tp.topic, tp.partition): offset for tp, offset in found.ends.items()},
+        frozenset((tp.topic, tp.partition) for tp in found.unsettled),
+    )

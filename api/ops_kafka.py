@@ -1,7 +1,8 @@
 """One bounded look at Kafka for the overview: end offsets, and the tail of the dead-letter topic.
 
-One client for both, so a poll of the dashboard costs one connection. The end offsets come first and
-are kept when the tail does not arrive in time: lag matters more than the latest dead letters.
+One client for both, so a poll of the dashboard costs one connection. The end offsets (the real ones,
+from :func:`core.offsets.real_end_offsets`) come first and are kept when the tail does not arrive in
+time: lag matters more than the latest dead letters.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from api.kafka import probe_client
 from core.deadletter import DeadLetter, decode_dead_letter
+from core.offsets import PROBE_WAIT_MS, real_end_offsets
 
 log = logging.getLogger(__name__)
-
-_FETCH_WAIT_MS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,8 @@ class KafkaSnapshot:
     """End offsets (None: Kafka did not answer), the dead-letter topic's size and its latest records."""
 
     ends: dict[tuple[str, int], int] | None
+    unsettled: frozenset[tuple[str, int]] = frozenset()
+    """Partitions whose end offset may be low: reading past the reported end was not answered in time."""
     latency_ms: float | None = None
     error: str | None = None
     dlq_size: int | None = None
@@ -52,13 +55,7 @@ async def snapshot(
 ) -> KafkaSnapshot:
     """End offsets of ``topics`` and ``dlq_topic``, the newest ``latest`` dead letters; in ``timeout_s``."""
     started = time.monotonic()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        request_timeout_ms=max(1000, int(timeout_s * 1000)),
-        fetch_max_wait_ms=_FETCH_WAIT_MS,
-    )
+    consumer = probe_client(bootstrap, timeout_s)
     try:
         try:
             async with asyncio.timeout(timeout_s):
@@ -68,14 +65,15 @@ async def snapshot(
                     for topic in sorted({*topics, dlq_topic})
                     for p in sorted(consumer.partitions_for_topic(topic) or ())
                 ]
-                ends = await consumer.end_offsets(partitions) if partitions else {}
+                found = await real_end_offsets(consumer, partitions, max_wait_s=timeout_s / 2)
+                ends = found.ends
                 dlq = [tp for tp in partitions if tp.topic == dlq_topic]
                 begins = await consumer.beginning_offsets(dlq) if dlq else {}
         except (TimeoutError, KafkaError, OSError) as exc:
             log.warning("Kafka did not answer the overview from %s: %r", bootstrap, exc)
             return KafkaSnapshot(None, error=f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc))
         latency_ms = (time.monotonic() - started) * 1000
-        found = {(tp.topic, tp.partition): int(offset) for tp, offset in ends.items()}
+        by_name = {(tp.topic, tp.partition): int(offset) for tp, offset in ends.items()}
         size = sum(max(0, int(ends[tp]) - int(begins[tp])) for tp in dlq)
         tail: list[TailRecord] = []
         tail_error = None
@@ -87,7 +85,8 @@ async def snapshot(
             except (TimeoutError, KafkaError, OSError) as exc:
                 tail_error = f"the dead-letter topic's latest records did not arrive in time ({exc!r})"
         tail.sort(key=lambda r: (r.timestamp_ms, r.partition, r.offset), reverse=True)
-        return KafkaSnapshot(found, latency_ms, None, size, tail[:latest], tail_error)
+        unsettled = frozenset((tp.topic, tp.partition) for tp in found.unsettled)
+        return KafkaSnapshot(by_name, unsettled, latency_ms, None, size, tail[:latest], tail_error)
     finally:
         with contextlib.suppress(KafkaError, OSError):
             await asyncio.shield(consumer.stop())
@@ -114,7 +113,7 @@ async def _read_tail(
     # Only the partitions still being read: the others would fetch records past the end meanwhile.
     consumer.pause(*(tp for tp in partitions if tp not in pending))
     while pending:
-        batch = await consumer.getmany(*pending, timeout_ms=_FETCH_WAIT_MS)
+        batch = await consumer.getmany(*pending, timeout_ms=PROBE_WAIT_MS)
         for tp, records in batch.items():
             out.extend(_tail_record(tp.partition, r.offset, r.timestamp, r.value or b"") for r in records)
         for tp in list(pending):

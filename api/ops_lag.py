@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from api.ops_models import Lag, LagTotals, PartitionLag
 from api.queries import Record
 
 Ends = Mapping[tuple[str, int], int]
-"""Kafka high watermark by (topic, partition)."""
+"""Real end offset by (topic, partition), from :func:`core.offsets.real_end_offsets`."""
 
 
 def build_lag(rows: Sequence[Record], ends: Ends | None, warning: str | None) -> Lag:
@@ -51,4 +51,15 @@ def kafka_warning(bootstrap: str, timeout_s: float) -> str:
     return (
         f"Kafka at {bootstrap} did not answer within {timeout_s:g} s: "
         "end offsets and lag are unknown; stored offsets are current"
+    )
+
+
+def unsettled_warning(unsettled: Iterable[tuple[str, int]]) -> str | None:
+    """What the lag view says when reading past a reported end offset was not answered in time."""
+    names = sorted(f"{t}/{p}" for t, p in unsettled)
+    if not names:
+        return None
+    return (
+        f"end offsets of {', '.join(names)} may be low: reading past the end Kafka reported "
+        "was not answered in time"
     )

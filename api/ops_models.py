@@ -16,7 +16,11 @@ class PartitionLag(BaseModel):
     group_id: str
     topic: str
     partition: int
-    end_offset: int | None = Field(description="Kafka high watermark; null when Kafka did not answer.")
+    end_offset: int | None = Field(
+        description="The offset after the partition's last record, read from the partition past the end "
+        "Kafka reports (Tansu reports less after batched writes); possibly low if that read was not "
+        "answered in time (`warning` says so); null when Kafka did not answer."
+    )
     stored_offset: int | None = Field(description="Next offset the store will apply; null if none yet.")
     lag: int | None = Field(description="max(0, end - stored); null when the end offset is unknown.")
     last_applied_at: datetime | None

@@ -18,7 +18,7 @@ import asyncpg
 from api import queries, report_queries
 from api.ops_components import ComponentReport, probe_all
 from api.ops_kafka import KafkaSnapshot, TailRecord, snapshot
-from api.ops_lag import build_lag, kafka_warning
+from api.ops_lag import build_lag, kafka_warning, unsettled_warning
 from api.ops_models import (
     ComponentHealth,
     DeadLetters,
@@ -76,6 +76,8 @@ async def build_overview(
         lag_warning = f"{store.error}: stored offsets are unknown"
     elif kafka.ends is None:
         lag_warning = kafka_warning(settings.kafka_bootstrap, settings.kafka_timeout_s)
+    else:
+        lag_warning = unsettled_warning(kafka.unsettled)
     return Overview(
         generated_at=datetime.now(UTC),
         health=_health(settings, store, kafka, reports),

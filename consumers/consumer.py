@@ -32,6 +32,7 @@ from consumers.storehealth import StoreHealth
 from core.catalogue import load_catalogue
 from core.deadletter import DeadLetter
 from core.errors import BrokerUnavailable
+from core.offsets import PROBE_WAIT_MS, real_end_offsets
 from core.types import RejectReason
 
 log = logging.getLogger(__name__)
@@ -384,7 +385,7 @@ class Consumer:
             if self.settings.auto_offset_reset == "earliest":
                 start.update(await self._k.beginning_offsets(missing))
             else:
-                start.update(await self._k.end_offsets(missing))
+                start.update(await self._real_ends(missing))
         # No await from the seeks to the generation bump: every record fetched before comes from the
         # positions the seeks replace (the group's reset or Kafka commit) and is dropped, every record
         # fetched after from the stored offsets.
@@ -401,7 +402,26 @@ class Consumer:
             {f"{tp.topic}/{tp.partition}": o for tp, o in stored.items()},
         )
 
+    async def _real_ends(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where ``latest`` starts: each partition's real end (Tansu's ListOffsets answer falls short)."""
+        # Its own client without a group: the probe assigns and seeks, which a group member must not.
+        client = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=None,
+            client_id=f"{self.settings.consumer_id}-ends",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=PROBE_WAIT_MS,
+            auto_offset_reset="latest",
+        )
+        await client.start()
+        try:
+            return (await real_end_offsets(client, partitions)).ends
+        finally:
+            await client.stop()
+
     def _update_lag(self) -> None:
+        # A fetch response's high watermark is the real end on Tansu too (only its ListOffsets answer
+        # falls short, see core.offsets): tests/consumers/test_consumer_ends.py keeps it so.
         for tp in self._assigned:
             high = self._k.highwater(tp)
             position = self._positions.get(tp)

@@ -1,27 +1,30 @@
-"""Consumer lag as the dev stack sees it: Kafka end offsets minus the offsets stored in the database."""
+"""Consumer lag as the dev stack sees it: real Kafka end offsets minus the offsets stored in the database.
+
+The end offsets come from :func:`api.kafka.end_offsets` (:func:`core.offsets.real_end_offsets`), not
+from ListOffsets alone: Tansu under-reports those after batched produces, and a drain that trusted them
+would stop before the consumers applied the last batches and then discard them with the broker.
+"""
 
 from __future__ import annotations
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
+from api.kafka import end_offsets
 from devstack.process import ServiceError
+
+END_OFFSETS_TIMEOUT_S = 10.0
 
 
 async def total_lag(
     bootstrap: str, dsn: str, topic: str = "readings", group: str = "cityingest-consumers"
 ) -> int:
-    """Records in ``topic`` that ``group`` has not applied yet (never negative per partition)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        await consumer.start()
-        partitions = consumer.partitions_for_topic(topic) or set()
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
-    except KafkaError as exc:
-        raise ServiceError(f"cannot read end offsets of {topic}: {exc!r}") from exc
-    finally:
-        await consumer.stop()
+    """Records in ``topic`` that ``group`` has not applied yet (never negative per partition).
+
+    A partition whose real end could not be settled in time counts at least 1: a drain keeps waiting.
+    """
+    found = await end_offsets(bootstrap, [topic], END_OFFSETS_TIMEOUT_S)
+    if found is None:
+        raise ServiceError(f"cannot read end offsets of {topic} from {bootstrap} (see the log)")
     try:
         conn = await asyncpg.connect(dsn)
     except (OSError, asyncpg.PostgresError) as exc:
@@ -35,7 +38,9 @@ async def total_lag(
     finally:
         await conn.close()
     stored = {r["partition"]: r["next_offset"] for r in rows}
-    return sum(max(0, end - stored.get(tp.partition, 0)) for tp, end in ends.items())
+    return sum(
+        max(int(key in found.unsettled), end - stored.get(key[1], 0)) for key, end in found.ends.items()
+    )
 
 
 async def forget_offsets(dsn: str, topic: str = "readings") -> None:

@@ -370,7 +370,11 @@ class DevStack:
         for name in ("simulator", "bridge"):
             for comp in self._component(name):
                 await asyncio.to_thread(comp.proc.stop)
-        await self._drain()
+        if not await self._drain():
+            log.error(
+                "stopping Tansu with records the store has not applied: they are lost "
+                "(a longer --drain-timeout-s waits for them)"
+            )
         for name in ("consumer", "api"):
             for comp in self._component(name):
                 await asyncio.to_thread(comp.proc.stop)
@@ -379,7 +383,10 @@ class DevStack:
                 await asyncio.to_thread(service.stop)
 
     async def _drain(self) -> bool:
-        """Wait (bounded) until the consumers have applied everything Kafka holds; False on timeout."""
+        """Wait (bounded) until the consumers have applied everything Kafka holds; False on timeout.
+
+        "Everything" is up to each partition's real end (``total_lag``), not Tansu's reported end offset.
+        """
         if not self._component("consumer") or self.pg is None or self.kafka is None:
             return True
         deadline = time.monotonic() + self.settings.drain_timeout_s

@@ -12,7 +12,7 @@ from api import kafka, report_queries
 from api.auth import Principal, Scope, require
 from api.deps import PoolDep, SettingsDep
 from api.metrics import ApiMetrics
-from api.ops_lag import build_lag, kafka_warning
+from api.ops_lag import build_lag, kafka_warning, unsettled_warning
 from api.ops_models import Lag, Overview
 from api.ops_overview import build_overview
 from api.ops_rates import RateTracker
@@ -36,8 +36,9 @@ async def lag(pool: PoolDep, settings: SettingsDep, _: Operator) -> Lag:
     ends = await kafka.end_offsets(
         settings.kafka_bootstrap, {r["topic"] for r in rows}, settings.kafka_timeout_s
     )
-    warning = kafka_warning(settings.kafka_bootstrap, settings.kafka_timeout_s) if ends is None else None
-    return build_lag(rows, ends, warning)
+    if ends is None:
+        return build_lag(rows, None, kafka_warning(settings.kafka_bootstrap, settings.kafka_timeout_s))
+    return build_lag(rows, ends.ends, unsettled_warning(ends.unsettled))
 
 
 @router.get("/v1/ops/overview")

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -99,6 +99,12 @@ def envelope(device: str, domain: str, readings: Sequence[tuple[str, datetime, f
     rs = tuple(Reading(m, to_us(ts), v, f) for m, ts, v, f in readings)
     received = max(r.ts_us for r in rs)
     return Envelope(device, domain, "bridge-test", received, rs)
+
+
+def burst(device: str, n: int) -> list[Envelope]:
+    """``n`` one-reading envelopes of ``device`` (one key, so one partition), for batched produces."""
+    first = datetime(2026, 1, 1, tzinfo=UTC)
+    return [envelope(device, "water", [("water_flow", first + timedelta(seconds=i), i, 0)]) for i in range(n)]
 
 
 async def apply(

@@ -12,10 +12,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from api.app import create_app
+from api.kafka import end_offsets
 from api.settings import ApiSettings
 from devstack.process import free_port
-from tests.api.conftest import apply, envelope, started
+from tests.api.conftest import apply, burst, envelope, started
 from tests.conftest import KafkaTopics
+from tests.consumers import harness
 
 pytestmark = pytest.mark.integration
 
@@ -50,15 +52,43 @@ async def test_lag_per_partition(
     assert p0["stored_offset"] == 4
     assert p0["last_applied_at"] is not None
     assert (p1["stored_offset"], p2["stored_offset"], p2["end_offset"], p2["lag"]) == (None, None, 0, 0)
-    # Tansu reports the base offset of the last batch + 1 as the end: never above the real end.
-    assert 1 <= p0["end_offset"] <= 7
-    assert 1 <= p1["end_offset"] <= 3
-    assert p0["lag"] == max(0, p0["end_offset"] - 4)
-    assert p1["lag"] == p1["end_offset"]
+    assert (p0["end_offset"], p0["lag"]) == (7, 3)
+    assert (p1["end_offset"], p1["lag"]) == (3, 3)
     totals = body["totals"]
     assert totals["partitions"] == 3
     assert totals["lag"] == p0["lag"] + p1["lag"]
     assert totals["stored_offset"] == 4
+
+
+async def test_lag_counts_the_records_of_batched_produces(
+    database_url: str, kafka_bootstrap: str, kafka_topics: KafkaTopics, auth: dict[str, str]
+) -> None:
+    # A burst in batches of 7, as the bridge's producer sends under load: Tansu's ListOffsets answer
+    # is then the last batch's base offset + 1, not the end.
+    topic = kafka_topics.readings
+    truth = await harness.produce(kafka_bootstrap, topic, burst("burst-1", 300), chunk=7)
+    [(partition, end)] = truth.items()
+    assert end == 300
+    settings = ApiSettings(database_url=database_url, kafka_bootstrap=kafka_bootstrap, kafka_timeout_s=10)
+    env = envelope("d1", "water", [("water_flow", datetime(2024, 1, 1, tzinfo=UTC), 1.0, 0)])
+
+    async def lag_of_partition() -> tuple[int, int, int]:
+        async for client in started(create_app(settings)):
+            resp = await client.get("/v1/ops/lag", headers=auth)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["warning"] is None
+        [part] = [p for p in resp.json()["partitions"] if p["partition"] == partition]
+        return part["stored_offset"], part["end_offset"], part["lag"]
+
+    # The consumer has applied 250 of the 300 records: 50 to go.
+    await apply(database_url, [env], topic=topic, partition=partition, first=249)
+    assert await lag_of_partition() == (250, 300, 50)
+    # All of them: lag 0, and the end is not below what the store has applied.
+    await apply(database_url, [env] * 50, topic=topic, partition=partition, first=250)
+    assert await lag_of_partition() == (300, 300, 0)
+    found = await end_offsets(kafka_bootstrap, [topic], 10)
+    assert found is not None
+    assert found.ends == {(topic, p): 300 if p == partition else 0 for p in range(3)}
 
 
 async def test_lag_without_kafka_is_answered(

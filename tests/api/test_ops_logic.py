@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from api.ops_config import ComponentTarget, parse_target
 from api.ops_http import parse_answer
+from api.ops_lag import build_lag, unsettled_warning
 from api.ops_overview import excerpt
 from api.ops_prom import parse_metrics
 from api.ops_rates import RateTracker, counter_delta, rates_between
@@ -134,3 +135,12 @@ def test_excerpts_are_one_line_of_text() -> None:
     assert excerpt(b"\xff\xfeok") == "\ufffd\ufffdok"
     assert excerpt(b"x" * 500, limit=10) == "x" * 10 + "…"
     assert excerpt(b"<script>alert(1)</script>") == "<script>alert(1)</script>"  # escaped by the page
+
+
+def test_lag_names_partitions_whose_end_may_be_low() -> None:
+    assert unsettled_warning(frozenset()) is None
+    warning = unsettled_warning({("readings", 4), ("readings", 1)})
+    assert warning is not None
+    assert warning.startswith("end offsets of readings/1, readings/4 may be low")
+    lag = build_lag([], {("readings", 1): 5}, warning)
+    assert lag.warning == warning
