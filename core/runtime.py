@@ -112,10 +112,11 @@ class ProbeServer:
 
 
 class Backoff:
-    """Capped exponential backoff: ``initial``, doubling up to ``maximum``; :meth:`reset` after health.
+    """Capped exponential backoff: ``initial``, growing by ``factor`` up to ``maximum``.
 
-    ``healthy_after_s`` makes :meth:`delay` start over when the last failure is that long ago, so a
-    component that ran well for a while and fails once is retried quickly again.
+    With ``healthy_after_s``, a failure that comes at least that long after the last (re)start (see
+    :meth:`started`; by default the end of the last delay) starts over at ``initial``: a component that
+    ran well for a while and fails once is retried quickly again, one that keeps failing ever more slowly.
     """
 
     def __init__(
@@ -133,22 +134,22 @@ class Backoff:
         self._healthy_after = healthy_after_s
         self._clock = clock
         self._next = initial
-        self._last_failure: float | None = None
+        self._since = clock()
         self.failures = 0
         """Failures since the last reset."""
+
+    def started(self) -> None:
+        """The guarded thing (re)started, or succeeded, now: healthy time counts from here."""
+        self._since = self._clock()
 
     def delay(self) -> float:
         """The delay before the next attempt after a failure now; the following one grows."""
         now = self._clock()
-        if (
-            self._healthy_after is not None
-            and self._last_failure is not None
-            and now - self._last_failure >= self._healthy_after
-        ):
+        if self._healthy_after is not None and now - self._since >= self._healthy_after:
             self.reset()
-        self._last_failure = now
         self.failures += 1
         delay, self._next = self._next, min(self._next * self.factor, self.maximum)
+        self._since = now + delay
         return delay
 
     def reset(self) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from api.auth import Scope, parse_key
 from api.keys import create_api_key, key_has_scopes, revoke_api_key
+from core.runtime import Backoff
 from devstack.kafka import ensure_topics
 from devstack.lag import forget_offsets, total_lag
 from devstack.mosquitto import MosquittoBroker
@@ -26,7 +27,7 @@ from devstack.process import ChildProcess, ServiceError, free_port, port_is_free
 from devstack.runfile import remove_run_file, write_run_file
 from devstack.secrets import state_secret
 from devstack.settings import DevSettings
-from devstack.supervise import Backoff, ServiceWatch
+from devstack.supervise import ServiceWatch, restart_backoff
 from devstack.tansu import TansuBroker
 from migrations import apply_migrations
 
@@ -58,12 +59,12 @@ class Component:
     """A component that may finish on its own (the simulator with a count) is not restarted after exit 0."""
     restarts: int = 0
     next_restart: float = 0.0
-    backoff: Backoff = field(default_factory=Backoff)
+    backoff: Backoff = field(default_factory=restart_backoff)
 
     def start(self) -> None:
         """Start the process (its backoff counts healthy time from now)."""
         self.proc.start()
-        self.backoff.started(time.monotonic())
+        self.backoff.started()
 
     def respawn(self) -> None:
         """Start a fresh process with the same command, environment and log."""
@@ -276,7 +277,7 @@ class DevStack:
                 now = time.monotonic()
                 if comp.next_restart == 0.0:
                     comp.proc.wait_stopped()
-                    delay = comp.backoff.delay_after_death(now)
+                    delay = comp.backoff.delay()
                     comp.next_restart = now + delay
                     log.error(
                         "%s exited with %s; restarting in %.0fs (log: %s)",

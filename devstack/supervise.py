@@ -10,39 +10,23 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Final, Protocol
 
+from core.runtime import Backoff
 from devstack.process import ServiceError
 
 log = logging.getLogger(__name__)
 
-RESTART_BACKOFF_S: Final = (1.0, 2.0, 5.0, 10.0)
+RESTART_DELAY_S: Final = (1.0, 10.0)
+"""The first and the longest delay before restarting a process that died (doubling in between)."""
 HEALTHY_AFTER_S: Final = 60.0
 """A process that ran this long before it died is restarted after the first, shortest delay again."""
 
 
-@dataclass
-class Backoff:
-    """Restart delays that grow with each consecutive failure and reset after a healthy run."""
-
-    delays: tuple[float, ...] = RESTART_BACKOFF_S
-    healthy_after_s: float = HEALTHY_AFTER_S
-    failures: int = 0
-    """Consecutive deaths that each came before ``healthy_after_s`` of running."""
-    started_at: float = 0.0
-
-    def started(self, now: float) -> None:
-        """Note that the process (re)started at ``now`` (time.monotonic())."""
-        self.started_at = now
-
-    def delay_after_death(self, now: float) -> float:
-        """How long to wait before restarting a process that died at ``now``."""
-        if now - self.started_at >= self.healthy_after_s:
-            self.failures = 0
-        delay = self.delays[min(self.failures, len(self.delays) - 1)]
-        self.failures += 1
-        return delay
+def restart_backoff() -> Backoff:
+    """The restart delays of every process the dev stack supervises."""
+    first, longest = RESTART_DELAY_S
+    return Backoff(first, longest, healthy_after_s=HEALTHY_AFTER_S)
 
 
 class Service(Protocol):
@@ -79,8 +63,7 @@ class ServiceWatch:
         self.after_restart = after_restart
         self.consequence = consequence
         """What its death means for data, said in the log each time it dies."""
-        self.backoff = Backoff()
-        self.backoff.started(time.monotonic())
+        self.backoff = restart_backoff()
         self.restarts = 0
         self._restart_at: float | None = None
         self._after_pending = False
@@ -95,7 +78,7 @@ class ServiceWatch:
             code = self.service.exit_code()
             if code is None:
                 return
-            delay = self.backoff.delay_after_death(now)
+            delay = self.backoff.delay()
             self._restart_at = now + delay
             log.error(
                 "%s died (exit status %s)%s; restarting it in %.0fs",
@@ -118,11 +101,11 @@ class ServiceWatch:
         except ServiceError as exc:
             # start() reaped the failed attempt: the next check sees a death and backs off further.
             log.error("%s did not restart: %s", self.name, exc)  # noqa: TRY400 - its log tail says why
-            self.backoff.started(time.monotonic())
-            self._restart_at = time.monotonic() + self.backoff.delay_after_death(time.monotonic())
+            self.backoff.started()
+            self._restart_at = time.monotonic() + self.backoff.delay()
             return
         self.restarts += 1
-        self.backoff.started(time.monotonic())
+        self.backoff.started()
         self._restart_at = None
         log.warning("%s restarted (restart %d)", self.name, self.restarts)
         self._after_pending = self.after_restart is not None

@@ -29,12 +29,31 @@ def test_backoff_doubles_to_its_cap_and_resets() -> None:
 def test_backoff_starts_over_after_a_healthy_period() -> None:
     clock = Clock()
     backoff = Backoff(1.0, 10.0, healthy_after_s=60.0, clock=clock)
-    assert [backoff.delay() for _ in range(4)] == [1.0, 2.0, 4.0, 8.0]
+    delays = []
+    for _ in range(5):  # five crashes, each one second after its restart: grows to the ceiling
+        clock.now += 1.0
+        delay = backoff.delay()
+        delays.append(delay)
+        clock.now += delay
+        backoff.started()
+    assert delays == [1.0, 2.0, 4.0, 8.0, 10.0]
     clock.now += 59.0
-    assert backoff.delay() == 10.0  # failed again within the healthy period: keeps growing
+    assert backoff.delay() == 10.0  # died again within the healthy period: stays slow
+    clock.now += 10.0
+    backoff.started()
     clock.now += 60.0
-    assert backoff.delay() == 1.0
+    assert backoff.delay() == 1.0  # ran healthy for the period since its restart: as new
     assert backoff.failures == 1
+
+
+def test_backoff_counts_healthy_time_from_the_end_of_the_delay_by_default() -> None:
+    clock = Clock()
+    backoff = Backoff(1.0, 10.0, healthy_after_s=5.0, clock=clock)
+    assert backoff.delay() == 1.0
+    clock.now += 5.5  # the attempt after the delay began at 1.0, only 4.5 s ago
+    assert backoff.delay() == 2.0
+    clock.now += 7.0
+    assert backoff.delay() == 1.0
 
 
 @pytest.mark.parametrize(("initial", "maximum"), [(0.0, 1.0), (2.0, 1.0), (-1.0, 1.0)])

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from core.runtime import Backoff
 from devstack.process import ChildProcess, free_port, port_is_free
 from devstack.settings import DevSettings
 from devstack.stack import Component, DevStack
-from devstack.supervise import Backoff, ServiceWatch
+from devstack.supervise import ServiceWatch, restart_backoff
 from tests.ingest.support import eventually
 
 SCRIPT = """
@@ -91,23 +92,10 @@ def test_missing_postgres_names_the_install_command(tmp_path: Path, missing: str
     assert "make setup" in result.stderr
 
 
-def test_backoff_grows_with_each_crash_and_resets_after_a_healthy_period() -> None:
-    backoff = Backoff(delays=(1.0, 2.0, 5.0, 10.0), healthy_after_s=60.0)
-    backoff.started(0.0)
-    now, delays = 0.0, []
-    # Five crashes, each one second after its restart: the delay grows to its ceiling and stays there.
-    for _ in range(5):
-        now += 1.0
-        delay = backoff.delay_after_death(now)
-        delays.append(delay)
-        now += delay
-        backoff.started(now)
-    assert delays == [1.0, 2.0, 5.0, 10.0, 10.0]
-    # A run of a healthy period, then a crash: restarted after the shortest delay again, as new.
-    now += 60.0
-    assert backoff.delay_after_death(now) == 1.0
-    backoff.started(now + 1.0)
-    assert backoff.delay_after_death(now + 2.0) == 2.0
+def test_supervised_processes_restart_with_the_one_backoff() -> None:
+    backoff = restart_backoff()
+    assert (backoff.initial, backoff.maximum) == (1.0, 10.0)
+    assert [backoff.delay() for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 10.0]
 
 
 class _Sleeper:
@@ -147,7 +135,7 @@ async def test_service_watch_restarts_a_killed_service_and_runs_its_hooks(tmp_pa
         hooks.append("after")
 
     watch = ServiceWatch("sleeper", service, before_restart=before, after_restart=after)
-    watch.backoff = Backoff(delays=(0.1,), healthy_after_s=60.0)
+    watch.backoff = Backoff(0.1, 0.1, healthy_after_s=60.0)
     await watch.check()
     assert service.starts == 1  # alive: nothing to do
     assert service.proc is not None
@@ -172,7 +160,7 @@ async def test_stack_restart_delay_resets_after_a_healthy_run(tmp_path: Path) ->
     stack = DevStack(DevSettings(state_dir=tmp_path / "state", kafka_max_rss_mb=0))
     code = "import time, sys; time.sleep(1.0); sys.exit(3)"
     proc = ChildProcess("crasher", [sys.executable, "-c", code], log_path=tmp_path / "crasher.log")
-    comp = Component("crasher", None, proc, backoff=Backoff(delays=(0.1, 30.0), healthy_after_s=0.5))
+    comp = Component("crasher", None, proc, backoff=Backoff(0.1, 30.0, factor=300.0, healthy_after_s=0.5))
     stack.components.append(comp)
     comp.start()
     supervisor = asyncio.create_task(stack.supervise())
