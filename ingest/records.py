@@ -131,7 +131,8 @@ def minimal_dead_letter(message: str, topic: str, raw: bytes, received_us: int, 
     library and ASCII (lone surrogates escaped, payload in base64), for when the ordinary one failed."""
 
     def text(value: str) -> str:
-        return json.dumps(value.encode("ascii", "backslashreplace").decode("ascii"))
+        # Lone surrogates, the one thing a JSON reader may refuse, become visible escapes.
+        return json.dumps(value.encode("utf-8", "backslashreplace").decode("utf-8"), ensure_ascii=True)
 
     payload = base64.b64encode(raw).decode("ascii")
     return (
