@@ -61,6 +61,8 @@ class RejectReason(enum.StrEnum):
     SENML_UNSUPPORTED_VERSION = "senml_unsupported_version"
     INTERNAL_ERROR = "internal_error"
     """A bug of ours hit this payload: it is kept in the dead-letter topic for replay once fixed."""
+    RETAINED = "retained"
+    """A broker's stored retained copy, sent again on (re)subscribe: never a new reading, so never stored."""
     STORE_REJECTED = "store_rejected"
     """The database refused a record's readings; the consumer dead-letters it and moves on."""
     ENVELOPE_UNDECODABLE = "envelope_undecodable"

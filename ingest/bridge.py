@@ -7,6 +7,11 @@ the message's MQTT connection lives (after a reconnect the broker redelivers it 
 unacknowledged messages fill the in-flight window, the broker stops sending (Receive Maximum) and the bridge
 reports itself not ready. Retries and redeliveries may duplicate a record in Kafka, never lose one, and a
 retried record may land after newer records of the same device.
+
+No message can stop the others: one the bridge fails on unexpectedly is dead-lettered as ``internal_error``
+(raw payload kept) and acknowledged like any other. Whatever the cause, messages that wait while no ack goes
+out for ``ack_stall_s`` make the bridge report itself not ready. A delivery with the retain flag is a
+broker's stored copy, not a new message (see :mod:`ingest.mqtt`): it is dead-lettered as ``retained``.
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ class Bridge:
         self._idle = asyncio.Event()
         self._idle.set()
         self._failing = 0
+        self._progress_at = time.monotonic()
+        """When acks last advanced, or messages started to wait after none did (the stall detector)."""
         self._kafka_reachable = False
         self._paused = False
         self._stopping = False
@@ -108,6 +115,14 @@ class Bridge:
             reasons.append("kafka: unreachable")
         if self._failing:
             reasons.append(f"kafka: {self._failing} records waiting to be retried")
+        if self._pending:
+            # Whatever the cause (Kafka, a bug, a wedged loop), messages that wait without acks moving on
+            # hold up every device behind them: say so, so the orchestrator can act.
+            stalled_s = time.monotonic() - self._progress_at
+            if stalled_s > self.settings.ack_stall_s:
+                reasons.append(
+                    f"acks: stalled for {stalled_s:.0f} s with {len(self._pending)} messages waiting"
+                )
         if self._mqtt is None or not self._mqtt.connected:
             reasons.append("mqtt: not connected")
         elif not self._mqtt.subscribed:
@@ -204,12 +219,10 @@ class Bridge:
         if maker is None:  # unreachable: MQTT connects after start() built the maker
             raise RuntimeError("bridge not started")
         self.stats.messages_received += 1
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:  # brokers refuse such topics; never trust that
-            topic = message._topic.decode("utf-8", "replace")
-        records = maker.records(bytes(message.payload), topic, received_us)
+        records = self._records(maker, message, received_us)
         msg = _Message(message.mid, message.qos, generation, records)
+        if not self._pending:
+            self._progress_at = time.monotonic()
         self._pending.append(msg)
         self._queue.append(msg)
         self._idle.clear()
@@ -219,6 +232,23 @@ class Bridge:
         if len(self._pending) >= 2 * self.settings.max_in_flight and self._mqtt is not None:
             self._paused = True
             self._mqtt.pause()
+
+    def _records(self, maker: RecordMaker, message: paho.MQTTMessage, received_us: int) -> list[Record]:
+        """The records of one message. Never raises: whatever fails is dead-lettered as internal_error, so
+        the message is acknowledged like any other and never blocks the ones behind it."""
+        topic, raw = "", b""
+        try:
+            raw = bytes(message.payload)
+            try:
+                topic = message.topic
+            except UnicodeDecodeError:  # brokers refuse such topics; never trust that
+                topic = message._topic.decode("utf-8", "replace")
+            if message.retain:
+                return [maker.retained(topic, raw, received_us)]
+            return maker.records(raw, topic, received_us)
+        except Exception as exc:
+            log.exception("handling a message from %r failed; dead-lettering it as internal_error", topic)
+            return [maker.internal_error(exc, topic, raw, received_us)]
 
     # --- Kafka sends, retries and in-order acks -------------------------------------------------
 
@@ -321,6 +351,8 @@ class Bridge:
     def _advance_acks(self) -> None:
         pending = self._pending
         mqtt = self._mqtt
+        if pending and pending[0].outstanding == 0:
+            self._progress_at = time.monotonic()
         while pending and pending[0].outstanding == 0:
             msg = pending.popleft()
             if (

@@ -1,8 +1,8 @@
 """A tiny HTTP/1.1 server for ``/metrics``, ``/healthz`` and ``/readyz`` (no framework on purpose).
 
 ``/healthz`` answers 200 while the bridge runs (503 once its main task died: restart it); ``/readyz``
-answers 200 only while the bridge takes traffic (MQTT subscribed, Kafka reachable) and 503 with the
-reasons otherwise.
+answers 200 only while the bridge takes traffic (MQTT subscribed, Kafka reachable, acks advancing while
+messages wait) and 503 with the reasons otherwise.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ class BridgeStats:
 
     messages_received: int = 0
     messages_acked: int = 0
+    messages_failed: int = 0
+    """Messages the bridge failed on without even a dead letter (acknowledged and logged; a bug)."""
     readings_forwarded: int = 0
     records_forwarded: int = 0
     dead_letters_written: int = 0
@@ -55,6 +57,11 @@ class _StatsCollector:
                 "messages_acked",
                 "MQTT messages acknowledged to the broker after Kafka took them.",
                 s.messages_acked,
+            ),
+            (
+                "messages_failed",
+                "MQTT messages acknowledged without a record or dead letter after a bridge bug (logged).",
+                s.messages_failed,
             ),
             ("readings_forwarded", "Valid readings Kafka acknowledged.", s.readings_forwarded),
             ("records_forwarded", "Kafka records (envelopes) Kafka acknowledged.", s.records_forwarded),

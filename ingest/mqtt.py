@@ -12,7 +12,12 @@ Guarantees this module provides to the bridge:
   outstanding to us than that, and :meth:`MqttSource.pause` stops reading as a second guard;
 * :meth:`MqttSource.ack` acknowledges only on the connection that delivered the message (``generation``);
   after a reconnect the broker redelivers what was not acknowledged, so a stale ack is dropped;
-* reconnects (and resubscribes) by itself with capped exponential backoff after a broker restart.
+* reconnects (and resubscribes) by itself with capped exponential backoff after a broker restart;
+* subscribes with Retain Handling 2 and Retain As Published off: the broker never sends its stored retained
+  copies on (re)subscribe, and a live publish arrives without the retain flag, so a retained reading is
+  taken once, when it is published (a copy that still carries the flag is dead-lettered by the bridge);
+* no exception of the bridge's message handler reaches paho, which would otherwise keep the half-handled
+  PUBLISH and hand it back forever.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from core.topics import telemetry_filter
 from ingest.metrics import BridgeStats
@@ -43,6 +49,9 @@ _BACKOFF_MIN_S: Final = 0.2
 _BACKOFF_MAX_S: Final = 10.0
 _CLOSE_TIMEOUT_S: Final = 5.0
 _STABLE_CONNECTION_S: Final = 5.0
+
+SUBSCRIBE_RETAIN_HANDLING: Final = SubscribeOptions.RETAIN_DO_NOT_SEND
+"""MQTT 5 Retain Handling of the subscription: 2, the broker sends no retained message on subscribe."""
 
 MessageHandler = Callable[[paho.MQTTMessage, int], None]
 """Called with each message and the connection generation that delivered it."""
@@ -157,7 +166,8 @@ class MqttSource:
             flags.session_present,
             self._filter,
         )
-        client.subscribe(self._filter, qos=1)
+        options = SubscribeOptions(qos=1, retainAsPublished=False, retainHandling=SUBSCRIBE_RETAIN_HANDLING)
+        client.subscribe(self._filter, options=options)
         self._connack.set()
 
     def _handle_subscribe(
@@ -179,7 +189,20 @@ class MqttSource:
         self._connack.set()
 
     def _handle_message(self, message: paho.MQTTMessage) -> None:
-        self._on_message(message, self.generation)
+        generation = self.generation
+        try:
+            self._on_message(message, generation)
+        except Exception:
+            # The handler dead-letters what it fails on, so this is a bug in that very safety net. paho must
+            # not see it (it would hand the same PUBLISH back forever and block every message behind it):
+            # acknowledge the message so the ones behind it flow, and say loudly that it was lost.
+            self._stats.messages_failed += 1
+            log.exception("the bridge failed on a message from %r; acking it unhandled", message._topic)
+            try:
+                if message.qos:
+                    self.ack(message.mid, message.qos, generation)
+            except Exception:
+                log.exception("cannot acknowledge message %s either", message.mid)
 
     # --- acks and lifecycle ---------------------------------------------------------------
 

@@ -16,7 +16,8 @@ Contract with devices:
   - a SenML pack, a JSON array (see :mod:`ingest.senml`).
 
   Anything else is ``unknown_shape``. ``ts`` is RFC 3339 with ``Z`` or an offset, or epoch seconds
-  (below 1e11) or milliseconds (below 1e14); otherwise ``bad_timestamp``. Validation of each reading is in
+  (below 1e11) or milliseconds (below 1e14), inside :data:`core.readings.TS_RANGE_TEXT` like every
+  reading time; otherwise ``bad_timestamp``. Validation of each reading is in
   :mod:`ingest.validate`. Numbers JSON cannot carry (``NaN``, ``Infinity``, ``1e400``) are read leniently so
   that only the affected reading is rejected (``non_finite_value``).
 

@@ -9,6 +9,8 @@ large, so the dead letter itself fits in a Kafka record).
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 from collections import Counter
 from typing import Final
@@ -69,9 +71,7 @@ class RecordMaker:
             return [self.dead_letter(exc.reason, message, topic, raw, received_us, parser.device_of(topic))]
         except Exception as exc:  # a parser bug must neither stall the bridge nor lose the payload
             log.exception("parser failed on a message from %s", topic)
-            return [
-                self.dead_letter(RejectReason.INTERNAL_ERROR, repr(exc), topic, payload, received_us, None)
-            ]
+            return [self.internal_error(exc, topic, payload, received_us)]
         records = [
             self.dead_letter(r.reason, r.message, topic, r.item, received_us, result.device_id)
             for r in result.rejections
@@ -101,3 +101,42 @@ class RecordMaker:
         dl = DeadLetter(reason, message, "mqtt", topic, raw, received_us, self._bridge_id, device_id)
         key = device_id.encode("utf-8") if device_id else None
         return Record(self._dlq_topic, key, encode_dead_letter(dl), 0)
+
+    def retained(self, topic: str, raw: bytes, received_us: int) -> Record:
+        """The ``retained`` dead letter of a broker's stored retained copy; it makes no reading."""
+        message = (
+            "a retained copy the broker sent on subscribe, not a new message: it makes no reading "
+            "(live publishes, retained or not, are taken once)"
+        )
+        return self.dead_letter(
+            RejectReason.RETAINED, message, topic, raw, received_us, self._parser.device_of(topic)
+        )
+
+    def internal_error(self, exc: BaseException, topic: str, raw: bytes, received_us: int) -> Record:
+        """The ``internal_error`` dead letter of a message a bug of ours failed on; never raises."""
+        reason = RejectReason.INTERNAL_ERROR
+        self._rejected[reason] += 1
+        try:
+            message = repr(exc)[:1_000]
+            dl = DeadLetter(reason, message, "mqtt", topic, raw, received_us, self._bridge_id)
+            return Record(self._dlq_topic, None, encode_dead_letter(dl), 0)
+        except Exception:  # not even that: keep the payload in the plainest form there is
+            log.exception("cannot build the dead letter of a message from %r; writing a minimal one", topic)
+        value = minimal_dead_letter(type(exc).__name__, topic, raw, received_us, self._bridge_id)
+        return Record(self._dlq_topic, None, value, 0)
+
+
+def minimal_dead_letter(message: str, topic: str, raw: bytes, received_us: int, component: str) -> bytes:
+    """An ``internal_error`` dead letter in the :mod:`core.deadletter` format from nothing but the standard
+    library and ASCII (lone surrogates escaped, payload in base64), for when the ordinary one failed."""
+
+    def text(value: str) -> str:
+        # Lone surrogates, the one thing a JSON reader may refuse, become visible escapes.
+        return json.dumps(value.encode("utf-8", "backslashreplace").decode("utf-8"), ensure_ascii=True)
+
+    payload = base64.b64encode(raw).decode("ascii")
+    return (
+        f'{{"v":1,"reason":"{RejectReason.INTERNAL_ERROR.value}","message":{text(message)},'
+        f'"source":"mqtt","origin":{text(topic)},"device":null,"payload":"{payload}",'
+        f'"payload_encoding":"base64","received":{int(received_us)},"component":{text(component)}}}'
+    ).encode("ascii")

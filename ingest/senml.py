@@ -12,7 +12,8 @@ the record that carries them and to every later record until overridden, as RFC 
   ``"urn:dev:mac:<device_id>:"`` or ``"<device_id>/"``); any other prefix is ``device_mismatch``
   (a device only speaks for itself). Resolved names must match RFC 8428's name syntax (``senml_invalid``).
 * **Time**: ``bt + t`` in seconds; a resolved time below 2**28 is relative to the receive time
-  (RFC 8428 section 4.5.3). When neither ``t`` nor ``bt`` appears the reading gets the receive time and the
+  (RFC 8428 section 4.5.3). The result must be inside the one range of :mod:`core.readings`, 1970 to 3000
+  (``bad_timestamp``). When neither ``t`` nor ``bt`` appears the reading gets the receive time and the
   ``NO_TIMESTAMP`` flag.
 * **Value**: ``v`` (plus ``bv``) is the value of a gauge. ``s`` (plus ``bs``) is a sum, i.e. the reading of a
   cumulative meter: it is accepted for ``counter`` metrics and rejected for gauges (``senml_invalid``).
@@ -46,7 +47,10 @@ _KNOWN_FIELDS: Final = _BASE_FIELDS | _VALUE_FIELDS | {"n", "u", "t", "ut"}
 
 
 def _is_number(value: Any) -> bool:
-    return (type(value) is float or type(value) is int) and math.isfinite(value)
+    try:
+        return (type(value) is float or type(value) is int) and math.isfinite(value)
+    except OverflowError:  # a JSON integer beyond float range (10**400) is no usable number
+        return False
 
 
 def metric_of(name: str, device_id: str) -> str:
@@ -134,11 +138,14 @@ def _time(rec: dict[str, Any], base: _Base, received_us: int) -> int | None:
         if not _is_number(t):
             raise reject(RejectReason.BAD_TIMESTAMP, "SenML t must be a number of seconds")
     resolved = base.bt + t
-    if not math.isfinite(resolved):
+    # bt and t are finite, their sum in microseconds need not be (bt: 1e303); the validator checks the
+    # resulting time against the one range every stage accepts.
+    resolved_us = resolved * 1_000_000
+    if not math.isfinite(resolved_us):
         raise reject(RejectReason.BAD_TIMESTAMP, "SenML time is not finite")
     if resolved < RELATIVE_TIME_LIMIT:
-        return received_us + round(resolved * 1_000_000)
-    return round(resolved * 1_000_000)
+        return received_us + round(resolved_us)
+    return round(resolved_us)
 
 
 def resolve_pack(

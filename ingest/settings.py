@@ -98,6 +98,12 @@ class BridgeSettings(KafkaSettings, MqttSettings):
     max_future_skew_s: float = Field(
         300.0, ge=0, description="Readings timestamped further than this in the future are rejected."
     )
+    ack_stall_s: float = Field(
+        30.0,
+        gt=0,
+        description="Report not ready (/readyz) when messages wait and no MQTT acknowledgement went out "
+        "for this many seconds.",
+    )
     catalogue_file: str | None = Field(
         None, description="JSON file of extra metrics and unit conversions to add to the shipped catalogue."
     )

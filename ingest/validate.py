@@ -8,8 +8,10 @@ Rules (in this order; the first failing rule names the rejection):
 * ``unit`` is optional; when given and different from the metric's canonical unit it is converted when the
   catalogue knows the conversion (flag ``UNIT_CONVERTED`` unless the unit is only spelled differently)
   and rejected otherwise (``unit_mismatch``);
-* a time more than ``max_future_skew_s`` after the receive time is rejected (``future_timestamp``); a
-  reading without time gets the receive time and the flag ``NO_TIMESTAMP``;
+* a time outside the one range every stage accepts (:data:`core.readings.TS_RANGE_TEXT`, 1970 to 3000)
+  is rejected (``bad_timestamp``), whatever shape or field it came from; a time more than
+  ``max_future_skew_s`` after the receive time is rejected (``future_timestamp``); a reading without time
+  gets the receive time and the flag ``NO_TIMESTAMP``;
 * a value outside the metric's plausible ``[min, max]`` is kept and flagged ``OUT_OF_RANGE``.
 """
 
@@ -23,7 +25,7 @@ from typing import Any, Final
 
 from core.catalogue import Catalogue, UnitConversion
 from core.errors import RejectedPayload
-from core.readings import Reading, to_us
+from core.readings import TS_RANGE_TEXT, Reading, to_us, ts_in_range
 from core.types import ReadingFlag, RejectReason
 
 _OUT_OF_RANGE: Final = int(ReadingFlag.OUT_OF_RANGE)
@@ -137,6 +139,10 @@ class ReadingValidator:
         if ts_us is None:
             ts_us = received_us
             flags |= _NO_TIMESTAMP
+        elif not ts_in_range(ts_us):
+            # The one place every parsed time passes: the consumer and the store take only this range, and
+            # a time far outside it does not even fit the envelope's 64-bit integer.
+            raise reject(RejectReason.BAD_TIMESTAMP, f"time of {metric!r} is outside {TS_RANGE_TEXT}")
         elif ts_us - received_us > self._skew_us:
             raise reject(
                 RejectReason.FUTURE_TIMESTAMP,

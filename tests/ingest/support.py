@@ -48,6 +48,7 @@ def publish_all(
     messages: Sequence[tuple[str, bytes]],
     window: int = 200,
     properties: Properties | None = None,
+    retain: bool = False,
 ) -> None:
     """Publish at QoS 1 and return once the broker acknowledged every message (blocking; run in a thread)."""
     client = paho.Client(
@@ -58,7 +59,10 @@ def publish_all(
     client.connect(host, port)
     client.loop_start()
     try:
-        infos = [client.publish(topic, payload, qos=1, properties=properties) for topic, payload in messages]
+        infos = [
+            client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+            for topic, payload in messages
+        ]
         for info in infos:
             info.wait_for_publish(timeout=60)
             if not info.is_published():
@@ -125,10 +129,15 @@ def publish_qos0(host: str, port: int, topic: str, payload: bytes) -> None:
 
 
 async def publish(
-    host: str, port: int, messages: Sequence[tuple[str, bytes]], properties: Properties | None = None
+    host: str,
+    port: int,
+    messages: Sequence[tuple[str, bytes]],
+    properties: Properties | None = None,
+    *,
+    retain: bool = False,
 ) -> None:
     """:func:`publish_all` without blocking the event loop (the bridge under test runs on it)."""
-    await asyncio.to_thread(publish_all, host, port, messages, 200, properties)
+    await asyncio.to_thread(publish_all, host, port, messages, 200, properties, retain)
 
 
 def reading_msg(prefix: str, device: str, value: float, domain: str = "water") -> tuple[str, bytes]:

@@ -93,6 +93,10 @@ async def _ready_ok(port: int) -> bool:
     return await _readyz(port) == 200
 
 
+def _stalled(bridge: Bridge) -> bool:
+    return any(reason.startswith("acks: stalled") for reason in bridge.not_ready_reasons())
+
+
 async def test_kafka_outage_stops_intake_reports_not_ready_and_resumes(
     mqtt_broker: MosquittoBroker, mqtt_prefix: str, tmp_path: Path
 ) -> None:
@@ -106,7 +110,14 @@ async def test_kafka_outage_stops_intake_reports_not_ready_and_resumes(
     readings, dlq = f"readings.{uuid.uuid4().hex[:8]}", f"dlq.{uuid.uuid4().hex[:8]}"
     window = 50
     settings = bridge_settings(
-        mqtt_broker.host, mqtt_broker.port, tansu.bootstrap, readings, dlq, mqtt_prefix, max_in_flight=window
+        mqtt_broker.host,
+        mqtt_broker.port,
+        tansu.bootstrap,
+        readings,
+        dlq,
+        mqtt_prefix,
+        max_in_flight=window,
+        ack_stall_s=1.0,
     )
     try:
         await ensure_topics(tansu.bootstrap, {readings: 3, dlq: 1})
@@ -127,6 +138,12 @@ async def test_kafka_outage_stops_intake_reports_not_ready_and_resumes(
             assert bridge.stats.messages_received == 20 + window
             assert bridge.stats.messages_acked == 20
             assert bridge.in_flight == window
+            # Messages wait and no ack goes out: the stall detector says so, whatever the cause.
+            await eventually(lambda: _stalled(bridge), 30, "the ack stall to be reported")
+            async with httpx.AsyncClient(timeout=2) as http:
+                ready = await http.get(f"http://127.0.0.1:{bridge.http_port}/readyz")
+            assert ready.status_code == 503
+            assert any(r.startswith("acks: stalled") for r in ready.json()["reasons"]), ready.text
 
             await gate.open()
             await eventually(lambda: not bridge.not_ready_reasons(), 60, "ready again")

@@ -12,7 +12,7 @@ from core.deadletter import decode_dead_letter
 from core.readings import decode_envelope
 from core.types import RejectReason
 from ingest.parse import ParseResult, PayloadParser
-from ingest.records import MAX_READINGS_PER_RECORD, RecordMaker
+from ingest.records import MAX_READINGS_PER_RECORD, RecordMaker, minimal_dead_letter
 
 NOW_US = 1_795_000_000_000_000
 TOPIC = "city/power/m-1/telemetry"
@@ -95,3 +95,13 @@ def test_parser_bug_dead_letters_the_payload(caplog: pytest.LogCaptureFixture) -
     dl = decode_dead_letter(record.value)
     assert (dl.reason, dl.raw) == (RejectReason.INTERNAL_ERROR.value, b'{"metric": "voltage"}')
     assert "parser failed" in caplog.text
+
+
+def test_minimal_dead_letter_decodes_whatever_it_was_given() -> None:
+    # The last resort when the ordinary dead letter cannot be built: ASCII only, so nothing can fail.
+    raw = b"\xff\x00{not json"
+    value = minimal_dead_letter('a "bug"\n', "city/water/\udcff/telemetry", raw, NOW_US, "b-\u00e9")
+    dl = decode_dead_letter(value)
+    assert (dl.reason, dl.raw, dl.received_us, dl.source) == ("internal_error", raw, NOW_US, "mqtt")
+    assert (dl.message, dl.component_id) == ('a "bug"\n', "b-\u00e9")
+    assert dl.origin == "city/water/\\udcff/telemetry"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import orjson
@@ -138,3 +139,22 @@ def test_pack_level_version_rejection_beats_record_results(parser: PayloadParser
     with pytest.raises(RejectedPayload) as info:
         parser.parse(orjson.dumps(pack), "city/power/m-1/telemetry", NOW_US)
     assert info.value.reason == "senml_unsupported_version"
+
+
+@pytest.mark.parametrize(
+    "pack",
+    [
+        [{"bt": -1e15, "n": "water_flow", "v": 1}],  # relative, ~3e7 years before the receive time
+        [{"bt": 1e303, "n": "water_flow", "v": 1}],  # absolute, microseconds overflow a float
+        [{"bt": 1.7e308, "t": 1.7e308, "n": "water_flow", "v": 1}],  # bt + t is not finite
+        [{"bt": -1.7e308, "n": "water_flow", "v": 1}],
+        [{"bt": 1e12, "n": "water_flow", "v": 1}],  # year 33658
+        [{"n": "water_flow", "v": 1, "t": -1.8e9}],  # relative, before 1970
+        [{"n": "water_flow", "v": 1, "t": 10**400}],  # an integer beyond float range
+    ],
+)
+def test_times_outside_the_range_are_bad_timestamps(parser: PayloadParser, pack: list[object]) -> None:
+    payload = json.dumps(pack).encode()  # orjson refuses integers beyond 64 bits, devices need not
+    result = parser.parse(payload, "city/water/m-1/telemetry", NOW_US)
+    assert result.envelope is None
+    assert [r.reason for r in result.rejections] == ["bad_timestamp"]

@@ -20,6 +20,7 @@ def test_defaults_follow_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.dlq_topic == "readings.dlq"
     assert settings.kafka_idempotence is True
     assert settings.shared_group is None
+    assert settings.ack_stall_s == 30
     # The client id survives restarts (the broker keeps the session under it); the bridge id need not.
     assert settings.client_id == BridgeSettings().client_id
 
@@ -37,7 +38,8 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("max_in_flight", 0), ("max_in_flight", 70_000), ("max_payload_bytes", 0)]
+    ("field", "value"),
+    [("max_in_flight", 0), ("max_in_flight", 70_000), ("max_payload_bytes", 0), ("ack_stall_s", 0)],
 )
 def test_invalid_values_are_refused(field: str, value: int) -> None:
     with pytest.raises(pydantic.ValidationError):

@@ -24,11 +24,13 @@ from tests.simulator.conftest import seeded, small_city
 CATALOGUE = load_catalogue()
 NOT_FROM_DEVICES = {
     RejectReason.INTERNAL_ERROR,
+    RejectReason.RETAINED,
     RejectReason.STORE_REJECTED,
     RejectReason.ENVELOPE_UNDECODABLE,
     RejectReason.ENVELOPE_UNSUPPORTED_VERSION,
 }
-"""A bridge bug, or the consumer's side of Kafka: no device payload causes these on purpose."""
+"""A bridge bug, a broker's stored retained copy (a device's retained publish is taken once, like any
+other), or the consumer's side of Kafka: no device payload causes these on purpose."""
 
 
 @pytest.fixture(scope="module")
