@@ -83,6 +83,9 @@ def error_problem(exc: Exception, path: str) -> Problem:
         return Problem(422, "Rejected by the store", exc.detail)
     if isinstance(exc, StoreBug):
         log.error("store error (SQLSTATE %s) serving %s: %s", exc.sqlstate, path, exc, exc_info=exc)
+    elif isinstance(exc, CityIngestError):
+        # Ours, and its message names the cause (with the SQLSTATE when the store gave one).
+        log.error("%s serving %s: %s", type(exc).__name__, path, exc, exc_info=exc)
     else:
         log.error("unhandled error serving %s: %r", path, exc, exc_info=exc)
     return Problem(500, "Internal error", "the API failed on this request; the operators have the log")

@@ -5,6 +5,8 @@ route, the body guard or the health check never sees an asyncpg or socket error:
 
 - connection and resource trouble (SQLSTATE classes 08, 53, 57, 58; ``OSError``; timeouts; the driver's
   interface errors, a closed pool among them) -> :class:`core.errors.StoreUnavailable` (retriable, 503);
+- a connection refused for its credentials or database name (classes 28, 3D) ->
+  :class:`core.errors.ConfigError`: the operator's to fix, and the API is not ready meanwhile;
 - data the store refuses (classes 22, 23, 54) -> :class:`core.errors.StoreRejectedData`, or
   :class:`RequestDataRejected` when the statement carried the request's values (the client's to fix);
 - anything else (42 undefined table, syntax, ...) -> :class:`StoreBug`: no retry or client can fix it.
@@ -18,7 +20,7 @@ from typing import Final, ParamSpec, TypeVar
 
 import asyncpg
 
-from core.errors import CityIngestError, StoreRejectedData, StoreUnavailable
+from core.errors import CityIngestError, ConfigError, StoreRejectedData, StoreUnavailable
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -27,6 +29,8 @@ UNAVAILABLE_CLASSES: Final = frozenset({"08", "53", "57", "58"})
 """Connection exception, insufficient resources, operator intervention, system error."""
 REJECTED_CLASSES: Final = frozenset({"22", "23", "54"})
 """Data exception, integrity constraint violation, program limit exceeded."""
+CONFIG_CLASSES: Final = frozenset({"28", "3D"})
+"""Invalid authorization specification, invalid catalog name: CITYINGEST_DATABASE_URL is wrong."""
 _TEXT_STATES: Final = frozenset({"22021", "22P05"})
 """Text PostgreSQL cannot hold (NUL, a character without a server encoding)."""
 
@@ -66,6 +70,10 @@ def translate(exc: Exception, *, request_data: bool) -> CityIngestError | None:
         code = state or "?????"
         if code[:2] in UNAVAILABLE_CLASSES:
             return StoreUnavailable(f"the database cannot serve now (SQLSTATE {code})")
+        if code[:2] in CONFIG_CLASSES:
+            return ConfigError(
+                f"the database refused the connection (SQLSTATE {code}); check CITYINGEST_DATABASE_URL"
+            )
         if code[:2] in REJECTED_CLASSES:
             if request_data:
                 return RequestDataRejected(code, _client_detail(code))

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from api.ops import queries
 from api.problems import Problem
-from core.errors import StoreUnavailable
+from core.errors import ConfigError, StoreUnavailable
 
 router = APIRouter(tags=["health"])
 
@@ -28,14 +28,13 @@ async def readyz(request: Request) -> dict[str, str]:
     try:
         async with asyncio.timeout(timeout):
             await queries.ping(pool)
-    except (TimeoutError, StoreUnavailable) as exc:
-        # Only an outage makes the API unready; any other error is a bug, answered as a 500.
+    except (TimeoutError, StoreUnavailable, ConfigError) as exc:
+        # An outage or a refused connection makes the API unready; any other error is a bug (a 500).
         reason = f"the database did not answer within {timeout:g} s" if isinstance(exc, TimeoutError) else exc
         raise Problem(
             503,
             "Not ready",
-            f"{reason}; check that PostgreSQL is running "
-            "and CITYINGEST_DATABASE_URL points at it",
+            f"{reason}; check that PostgreSQL is running and CITYINGEST_DATABASE_URL points at it",
             headers={"Retry-After": "5"},
         ) from None
     return {"status": "ready"}

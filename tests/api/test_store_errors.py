@@ -16,7 +16,7 @@ import pytest
 from api.app import create_app
 from api.settings import ApiSettings
 from api.storeerrors import RequestDataRejected, StoreBug, translate
-from core.errors import StoreRejectedData, StoreUnavailable
+from core.errors import ConfigError, StoreRejectedData, StoreUnavailable
 from devstack.process import free_port
 from tests.api.conftest import register, started
 
@@ -35,6 +35,8 @@ _INTERNALS = ("readings_hourly", "42P01", "UndefinedTable", "relation", "asyncpg
         (asyncpg.exceptions.ConnectionDoesNotExistError("closed"), StoreUnavailable),
         (asyncpg.InterfaceError("pool is closed"), StoreUnavailable),
         (asyncpg.InternalClientError("protocol"), StoreUnavailable),
+        (asyncpg.exceptions.InvalidPasswordError("password"), ConfigError),  # 28P01
+        (asyncpg.exceptions.InvalidCatalogNameError("no such database"), ConfigError),  # 3D000
         (asyncpg.exceptions.CharacterNotInRepertoireError("nul"), RequestDataRejected),  # 22021
         (asyncpg.exceptions.CheckViolationError("check"), RequestDataRejected),  # 23514
         (asyncpg.exceptions.ProgramLimitExceededError("too big"), RequestDataRejected),  # 54000
@@ -77,6 +79,21 @@ async def test_an_unreachable_database_is_a_503_everywhere(
         # A body on a keyed route has its key checked by the body guard, before the route runs.
         _assert_store_down(await client.put("/v1/devices/d1", headers=auth, json={"domain": "power"}))
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_a_database_url_naming_no_database_makes_the_api_unready(
+    api_settings: ApiSettings, auth: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    dsn = api_settings.database_url.rsplit("/", 1)[0] + "/no_such_database"
+    async for client in started(create_app(api_settings.model_copy(update={"database_url": dsn}))):
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503, ready.text
+        assert "CITYINGEST_DATABASE_URL" in ready.json()["detail"]
+        caplog.set_level(logging.ERROR)
+        listing = await client.get("/v1/devices", headers=auth)
+        assert listing.status_code == 500, listing.text
+        assert "no_such_database" not in listing.text
+        assert any("3D000" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_backend_terminated_mid_query_is_a_503_not_a_500(
