@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -22,8 +21,6 @@ from api.settings import ApiSettings
 from api.statistics_cache import StatisticsCache
 from core.catalogue import load_catalogue
 from core.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 
 def create_app(settings: ApiSettings) -> FastAPI:

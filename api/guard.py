@@ -14,8 +14,6 @@ moment it passes the limit, so the API never holds more than the limit of one re
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.datastructures import Headers
@@ -28,8 +26,6 @@ from api.auth import Scope as KeyScope
 from api.auth import authorize, bearer_credentials, required_scope
 from api.problems import Problem, error_problem, problem_response, status_title
 from core.errors import CityIngestError
-
-log = logging.getLogger(__name__)
 
 
 class BodyTooLarge(HTTPException):

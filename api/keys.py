@@ -10,17 +10,24 @@ import asyncpg
 
 from api import key_queries
 from api.auth import check_scopes, hash_secret, new_key, parse_key
-from core.errors import StoreUnavailable
+from api.storeerrors import translate
+from core.errors import ConfigError, StoreUnavailable
 
 
 @contextlib.asynccontextmanager
 async def _connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    """One connection; a database that cannot be reached is a :class:`StoreUnavailable` naming where."""
+    """One connection; a database out of reach is a :class:`StoreUnavailable`, a refusal a ConfigError."""
     try:
         conn: asyncpg.Connection = await asyncpg.connect(dsn)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except Exception as exc:
+        ours = translate(exc, request_data=False)
+        if ours is None:
+            raise
         where = _where(dsn)
-        raise StoreUnavailable(f"cannot reach the database at {where}: {exc}") from exc
+        if ours.retriable:
+            raise StoreUnavailable(f"cannot reach the database at {where}: {exc}") from exc
+        # Refused at connect time (credentials, database name, CONNECT privilege): the settings are wrong.
+        raise ConfigError(f"the database at {where} refused the connection: {exc}") from exc
     try:
         yield conn
     finally:
