@@ -1,7 +1,8 @@
 """Driver errors translated once, where they enter the API: above the query modules only our classes exist.
 
-Every function of :mod:`api.queries` and :mod:`api.report_queries` is wrapped by :func:`translated`, so a
-route, the body guard or the health check never sees an asyncpg or socket error:
+Every function of the SQL modules (:mod:`api.queries`, :mod:`api.key_queries`, :mod:`api.report_queries`,
+:mod:`api.ops.queries`) is wrapped by :func:`translated`, so a route, the body guard or the health check
+never sees an asyncpg or socket error:
 
 - connection and resource trouble (SQLSTATE classes 08, 53, 57, 58; ``OSError``; timeouts; the driver's
   interface errors, a closed pool among them) -> :class:`core.errors.StoreUnavailable` (retriable, 503);
