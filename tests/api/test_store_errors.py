@@ -7,13 +7,17 @@ rollup table dropped from the test's own database (a programming error, SQLSTATE
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+from types import ModuleType
 
 import asyncpg
 import httpx
 import pytest
 
+from api import key_queries, queries, report_queries
 from api.app import create_app
+from api.ops import queries as ops_queries
 from api.settings import ApiSettings
 from api.storeerrors import RequestDataRejected, StoreBug, translate
 from core.errors import ConfigError, StoreRejectedData, StoreUnavailable
@@ -59,6 +63,18 @@ def test_refused_data_is_the_clients_only_when_the_request_carried_it() -> None:
     assert "23505" in str(ours)
     assert translate(ValueError("not the store's"), request_data=True) is None
     assert translate(StoreUnavailable("already ours"), request_data=True) is None
+
+
+@pytest.mark.parametrize("module", [queries, key_queries, report_queries, ops_queries])
+def test_every_query_function_translates_driver_errors(module: ModuleType) -> None:
+    """A query added without :func:`api.storeerrors.translated` would let driver errors reach the routes."""
+    public = [
+        f
+        for name, f in vars(module).items()
+        if inspect.iscoroutinefunction(f) and not name.startswith("_") and f.__module__ == module.__name__
+    ]
+    assert public
+    assert [f.__name__ for f in public if not hasattr(f, "__wrapped__")] == []
 
 
 def _assert_store_down(resp: httpx.Response) -> None:
