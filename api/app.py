@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from api.cursor_key import CursorKey
-from api.guard import STORE_DOWN, BodyGuard, store_down_problem
+from api.guard import BodyGuard
 from api.metrics import ApiMetrics, MetricsMiddleware, StatisticsCacheCollector
 from api.openapi_links import add_links
-from api.problems import install_problem_handlers, problem_response
+from api.problems import install_problem_handlers
 from api.routes import aggregates, coverage, devices, health, ops, ops_dashboard, series, statistics
 from api.settings import ApiSettings
 from api.statistics_cache import StatisticsCache
 from core.catalogue import load_catalogue
 from core.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -61,7 +57,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.metrics.registry.register(StatisticsCacheCollector(app.state.statistics_cache))
     _install_openapi_links(app)
     install_problem_handlers(app)
-    _install_store_handlers(app)
     for module in (health, devices, series, aggregates, statistics, coverage, ops, ops_dashboard):
         app.include_router(module.router)
     # Added first, so it runs inside the metrics middleware: refused requests are counted too.
@@ -80,41 +75,6 @@ def _install_openapi_links(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _install_store_handlers(app: FastAPI) -> None:
-    """A store outage is a 503 that says so; any other failure a 500 problem (and a log with the trace)."""
-
-    async def on_store_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("store unavailable while serving %s: %r", request.url.path, exc)
-        down = store_down_problem()
-        return problem_response(down.status, down.title, down.detail, request.url.path, down.headers)
-
-    async def on_error(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error serving %s", request.url.path, exc_info=exc)
-        return problem_response(
-            500,
-            "Internal error",
-            "the API failed on this request; the operators have the log",
-            request.url.path,
-        )
-
-    async def on_unstorable_text(request: Request, exc: Exception) -> JSONResponse:
-        # PostgreSQL text cannot hold NUL (U+0000): whichever parameter or field carried one, it is the
-        # client's input, not our failure.
-        return problem_response(
-            422,
-            "Invalid text",
-            f"a text parameter or field holds a character the store cannot keep ({exc}); "
-            "remove NUL (U+0000) characters and send valid UTF-8",
-            request.url.path,
-        )
-
-    for exc_type in STORE_DOWN:
-        app.add_exception_handler(exc_type, on_store_down)
-    for text_error in (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError):
-        app.add_exception_handler(text_error, on_unstorable_text)
-    app.add_exception_handler(Exception, on_error)
 
 
 class _Server(uvicorn.Server):

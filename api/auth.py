@@ -20,7 +20,7 @@ from fastapi import Request, Security
 from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api import queries
+from api import key_queries
 from api.problems import Problem
 
 KEY_PREFIX: Final = "cik"
@@ -121,7 +121,7 @@ async def _principal(request: Request, credentials: HTTPAuthorizationCredentials
         raise _unauthorized("the API key is malformed: keys look like cik_<16 hex>_<43 characters>")
     key_id, secret = parsed
     digest = hash_secret(secret)
-    row = await queries.api_key(request.app.state.pool, key_id, digest)
+    row = await key_queries.api_key(request.app.state.pool, key_id, digest)
     if row is None or row.revoked or not hmac.compare_digest(row.secret_sha256, digest):
         raise _unauthorized(
             "the API key is unknown or revoked; create a new one with `cityingest apikey create`"

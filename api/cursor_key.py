@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import secrets
 
-from api import queries
+from api import key_queries
 from api.pagination import Cursors
 
 _CONTEXT = b"cityingest paging cursors v1"
@@ -29,11 +29,11 @@ class CursorKey:
             self._cursors = Cursors(hmac.new(secret.encode(), _CONTEXT, hashlib.sha256).digest())
         self._lock = asyncio.Lock()
 
-    async def cursors(self, pool: queries.Pool) -> Cursors:
+    async def cursors(self, pool: key_queries.Pool) -> Cursors:
         """The deployment's :class:`Cursors`; reads (or first creates) the stored key on first use."""
         if self._cursors is None:
             async with self._lock:
                 if self._cursors is None:
-                    key = await queries.cursor_key(pool, secrets.token_bytes(32))
+                    key = await key_queries.cursor_key(pool, secrets.token_bytes(32))
                     self._cursors = Cursors(key)
         return self._cursors

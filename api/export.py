@@ -7,9 +7,10 @@ import io
 from collections.abc import Sequence
 from dataclasses import fields
 
-from api.statistics import Cell
+from api.statistics import StatisticsCell
 
-CSV_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Cell))
+# `suppressed` repeats obs_status Q; the CSV keeps the columns it always had.
+CSV_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StatisticsCell) if f.name != "suppressed")
 
 
 def _text(value: object) -> str:
@@ -20,7 +21,7 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def to_csv(cells: Sequence[Cell]) -> str:
+def to_csv(cells: Sequence[StatisticsCell]) -> str:
     """CSV text of ``cells``; empty fields for null values (suppressed, or not applicable)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")

@@ -14,10 +14,6 @@ moment it passes the limit, so the API never holds more than the limit of one re
 
 from __future__ import annotations
 
-import logging
-from typing import Final
-
-import asyncpg
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.datastructures import Headers
@@ -28,22 +24,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import Scope as KeyScope
 from api.auth import authorize, bearer_credentials, required_scope
-from api.problems import Problem, problem_response, status_title
-
-log = logging.getLogger(__name__)
-
-STORE_DOWN: Final = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
-"""Errors that mean the store did not answer (a 503), wherever they surface."""
-
-
-def store_down_problem() -> Problem:
-    """The 503 problem of a store outage."""
-    return Problem(
-        503,
-        "Store unavailable",
-        "the database did not answer; retry shortly (GET /readyz shows when it is back)",
-        headers={"Retry-After": "5"},
-    )
+from api.problems import Problem, error_problem, problem_response, status_title
+from core.errors import CityIngestError
 
 
 class BodyTooLarge(HTTPException):
@@ -99,9 +81,8 @@ class BodyGuard:
             except Problem as problem:
                 await self._refuse(scope, receive, send, problem)
                 return
-            except STORE_DOWN as exc:
-                log.warning("store unavailable while checking a key for %s: %r", scope["path"], exc)
-                await self._refuse(scope, receive, send, store_down_problem())
+            except CityIngestError as exc:
+                await self._refuse(scope, receive, send, error_problem(exc, scope["path"]))
                 return
         await self.app(scope, self._capped(receive), send)
 

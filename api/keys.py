@@ -8,19 +8,26 @@ from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 
-from api import queries
+from api import key_queries
 from api.auth import check_scopes, hash_secret, new_key, parse_key
-from core.errors import StoreUnavailable
+from api.storeerrors import translate
+from core.errors import ConfigError, StoreUnavailable
 
 
 @contextlib.asynccontextmanager
 async def _connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    """One connection; a database that cannot be reached is a :class:`StoreUnavailable` naming where."""
+    """One connection; a database out of reach is a :class:`StoreUnavailable`, a refusal a ConfigError."""
     try:
         conn: asyncpg.Connection = await asyncpg.connect(dsn)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except Exception as exc:
+        ours = translate(exc, request_data=False)
+        if ours is None:
+            raise
         where = _where(dsn)
-        raise StoreUnavailable(f"cannot reach the database at {where}: {exc}") from exc
+        if ours.retriable:
+            raise StoreUnavailable(f"cannot reach the database at {where}: {exc}") from exc
+        # Refused at connect time (credentials, database name, CONNECT privilege): the settings are wrong.
+        raise ConfigError(f"the database at {where} refused the connection: {exc}") from exc
     try:
         yield conn
     finally:
@@ -40,20 +47,20 @@ async def create_api_key(dsn: str, name: str, scopes: Sequence[str]) -> str:
     checked = check_scopes(list(scopes))
     key = new_key()
     async with _connect(dsn) as conn:
-        await queries.insert_api_key(conn, key.key_id, name, key.secret_sha256, checked)
+        await key_queries.insert_api_key(conn, key.key_id, name, key.secret_sha256, checked)
     return key.plaintext
 
 
-async def list_api_keys(dsn: str) -> list[queries.ApiKeyInfo]:
+async def list_api_keys(dsn: str) -> list[key_queries.ApiKeyInfo]:
     """Every key, newest first (never a secret: only hashes are stored)."""
     async with _connect(dsn) as conn:
-        return await queries.list_api_keys(conn)
+        return await key_queries.list_api_keys(conn)
 
 
 async def revoke_api_key(dsn: str, key_id: str) -> bool:
     """Revoke the key ``key_id``; False if no such unrevoked key exists."""
     async with _connect(dsn) as conn:
-        return await queries.revoke_api_key(conn, key_id)
+        return await key_queries.revoke_api_key(conn, key_id)
 
 
 async def key_has_scopes(dsn: str, plaintext: str, scopes: Sequence[str]) -> bool:
@@ -62,5 +69,5 @@ async def key_has_scopes(dsn: str, plaintext: str, scopes: Sequence[str]) -> boo
     if parsed is None:
         return False
     async with _connect(dsn) as conn:
-        held = await queries.active_api_key(conn, parsed[0], hash_secret(parsed[1]))
+        held = await key_queries.active_api_key(conn, parsed[0], hash_secret(parsed[1]))
     return held is not None and set(scopes) <= set(held)

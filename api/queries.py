@@ -1,4 +1,8 @@
-"""All SQL of the API side, always with ``$n`` parameters.
+"""The SQL of the device registry and of readings (series, latest, aggregates), with ``$n`` parameters.
+
+The API's other SQL sits with its concern, under the same rules: keys in :mod:`api.key_queries`, the
+monthly reports in :mod:`api.report_queries`, the operators' view in :mod:`api.ops.queries`. Every
+query function is :func:`api.storeerrors.translated`: driver errors leave it as our classes.
 
 Bucketed queries read the rollup tables the consumer maintains, never the raw readings; only a
 ``bucket=raw`` series reads ``readings``, for one device and metric over a bounded range. The only
@@ -9,11 +13,12 @@ fixed mapping of this module (never from request text).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
 import asyncpg
+
+from api.storeerrors import translated
 
 Pool = asyncpg.Pool
 Record = asyncpg.Record
@@ -46,108 +51,7 @@ def _device_filter(first: int) -> str:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class KeyRow:
-    """What the store holds about one API key."""
-
-    name: str
-    secret_sha256: bytes
-    scopes: list[str]
-    revoked: bool
-
-
-_KEY_SQL: Final = """
-WITH touched AS (
-    -- Record use at most once a minute, so reads do not turn into a write per request.
-    UPDATE api_keys SET last_used_at = now()
-    WHERE key_id = $1 AND secret_sha256 = $2 AND revoked_at IS NULL
-      AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
-)
-SELECT name, secret_sha256, scopes, revoked_at IS NOT NULL AS revoked FROM api_keys WHERE key_id = $1
-"""
-
-
-async def api_key(pool: Pool, key_id: str, digest: bytes) -> KeyRow | None:
-    """The key ``key_id``, marking it used when ``digest`` matches."""
-    row = await pool.fetchrow(_KEY_SQL, key_id, digest)
-    if row is None:
-        return None
-    return KeyRow(row["name"], bytes(row["secret_sha256"]), list(row["scopes"]), row["revoked"])
-
-
-async def insert_api_key(
-    conn: asyncpg.Connection, key_id: str, name: str, digest: bytes, scopes: Sequence[str]
-) -> None:
-    """Store a new key (its hash only)."""
-    await conn.execute(
-        "INSERT INTO api_keys (key_id, name, secret_sha256, scopes) VALUES ($1, $2, $3, $4)",
-        key_id,
-        name,
-        digest,
-        list(scopes),
-    )
-
-
-@dataclass(frozen=True)
-class ApiKeyInfo:
-    """What an operator may see of a key: everything but its secret's hash."""
-
-    key_id: str
-    name: str
-    scopes: list[str]
-    created_at: datetime
-    last_used_at: datetime | None
-    revoked_at: datetime | None
-
-
-async def list_api_keys(conn: asyncpg.Connection) -> list[ApiKeyInfo]:
-    """Every key, newest first."""
-    rows = await conn.fetch(
-        "SELECT key_id, name, scopes, created_at, last_used_at, revoked_at FROM api_keys "
-        "ORDER BY created_at DESC, key_id"
-    )
-    return [
-        ApiKeyInfo(
-            r["key_id"], r["name"], list(r["scopes"]), r["created_at"], r["last_used_at"], r["revoked_at"]
-        )
-        for r in rows
-    ]
-
-
-async def active_api_key(conn: asyncpg.Connection, key_id: str, digest: bytes) -> list[str] | None:
-    """The scopes of key ``key_id`` when its secret hashes to ``digest`` and it is not revoked."""
-    scopes = await conn.fetchval(
-        "SELECT scopes FROM api_keys WHERE key_id = $1 AND secret_sha256 = $2 AND revoked_at IS NULL",
-        key_id,
-        digest,
-    )
-    return None if scopes is None else list(scopes)
-
-
-async def revoke_api_key(conn: asyncpg.Connection, key_id: str) -> bool:
-    """Revoke a key; False if there is no such unrevoked key."""
-    status = await conn.execute(
-        "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL", key_id
-    )
-    return bool(status.endswith(" 1"))
-
-
-_CURSOR_KEY_SQL: Final = """
-WITH made AS (INSERT INTO api_cursor_key (secret) VALUES ($1) ON CONFLICT (one) DO NOTHING RETURNING secret)
-SELECT secret FROM made UNION ALL SELECT secret FROM api_cursor_key
-"""
-
-
-async def cursor_key(pool: Pool, candidate: bytes) -> bytes:
-    """The stored cursor-signing key; ``candidate`` becomes it if none is stored yet."""
-    secret = await pool.fetchval(_CURSOR_KEY_SQL, candidate)
-    if secret is None:
-        # Another process inserted it after this statement's snapshot was taken: the next one sees it.
-        secret = await pool.fetchval(_CURSOR_KEY_SQL, candidate)
-    assert secret is not None  # noqa: S101 - the row exists once any process inserted it
-    return bytes(secret)
-
-
+@translated(request_data=True)
 async def list_devices(
     pool: Pool, filters: Sequence[str | None], status: str | None, after: str | None, limit: int
 ) -> list[Record]:
@@ -160,6 +64,7 @@ async def list_devices(
     return await pool.fetch(sql, *filters, status, after, limit)
 
 
+@translated(request_data=True)
 async def get_device(pool: Pool, device_id: str) -> Record | None:
     """One device, or None."""
     return await pool.fetchrow(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = $1", device_id)  # noqa: S608
@@ -181,6 +86,7 @@ RETURNING {_DEVICE_COLUMNS}, (xmax = 0) AS created
 """  # noqa: S608
 
 
+@translated(request_data=True)
 async def upsert_device(pool: Pool, device_id: str, values: Sequence[Any]) -> Record:
     """Register or update a device's descriptive columns; the row has ``created``."""
     row = await pool.fetchrow(_UPSERT_SQL, device_id, *values)
@@ -199,11 +105,13 @@ ORDER BY m.metric
 """
 
 
+@translated(request_data=True)
 async def latest(pool: Pool, device_id: str) -> list[Record]:
     """Latest reading time and value of each metric of a device, from its newest hourly rollup."""
     return await pool.fetch(_LATEST_SQL, device_id)
 
 
+@translated(request_data=True)
 async def series(
     pool: Pool,
     bucket: RollupBucket,
@@ -223,6 +131,7 @@ async def series(
     return await pool.fetch(sql, device_id, metric, start, end, after, limit)
 
 
+@translated(request_data=True)
 async def raw_series(
     pool: Pool,
     device_id: str,
@@ -246,6 +155,7 @@ async def raw_series(
     )
 
 
+@translated(request_data=True)
 async def aggregates(
     pool: Pool,
     bucket: RollupBucket,
@@ -275,19 +185,3 @@ async def aggregates(
     LIMIT $11"""  # noqa: S608 - table and columns from fixed mappings
     keys = list(after) if after is not None else [None, None, None, None]
     return await pool.fetch(sql, metric, start, end, *filters, *keys, limit)
-
-
-# Devices the consumer inserted on their first reading and nobody registered since (the operators'
-# overview): how many, and the newest few by first reading.
-_UNREGISTERED_COUNT_SQL: Final = "SELECT count(*) FROM devices WHERE status = 'unregistered'"
-_UNREGISTERED_SQL: Final = """
-SELECT device_id, domain, first_seen, last_seen FROM devices WHERE status = 'unregistered'
-ORDER BY first_seen DESC NULLS LAST, device_id LIMIT $1"""
-
-
-async def unregistered_devices(pool: Pool, limit: int) -> tuple[int, list[Record]]:
-    """The number of unregistered devices and the ``limit`` most recently first seen."""
-    async with pool.acquire() as conn:
-        count = int(await conn.fetchval(_UNREGISTERED_COUNT_SQL))
-        rows = await conn.fetch(_UNREGISTERED_SQL, limit) if limit > 0 else []
-    return count, rows

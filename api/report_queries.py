@@ -1,7 +1,7 @@
-"""The SQL of the monthly reports (statistics, coverage) and of the lag view, with ``$n`` parameters.
+"""The SQL of the monthly reports (statistics, coverage), with ``$n`` parameters.
 
-Kept apart from :mod:`api.queries` only for size; the same rules hold: rollups only, and the only
-interpolated identifiers are group-by columns from the fixed mapping of :mod:`api.queries`.
+The same rules as :mod:`api.queries` hold: rollups only, the only interpolated identifiers are group-by
+columns from its fixed mapping, and driver errors leave every function as our classes.
 
 The completeness rule implemented here is specified (and unit-tested) in :mod:`api.statistics`.
 """
@@ -14,6 +14,7 @@ from typing import Final
 
 from api.queries import GroupColumn, Pool, Record, _device_filter, _groups
 from api.statistics_cache import StatisticsCache, Tag
+from api.storeerrors import translated
 
 # Registered before the end of the rollup row's month; the month end (date arithmetic) is computed only
 # for devices registered after the month started.
@@ -103,6 +104,7 @@ GROUP BY m.month
 """
 
 
+@translated(request_data=True)
 async def monthly_statistics(
     pool: Pool,
     metric: str,
@@ -201,16 +203,9 @@ ORDER BY dev.district NULLS LAST
 """
 
 
+@translated(request_data=True)
 async def coverage(
     pool: Pool, month_start: datetime, month_end: datetime, now: datetime, domain: str | None
 ) -> list[Record]:
     """Per district: registered, reporting and unregistered devices, completeness inputs, metrics."""
     return await pool.fetch(_COVERAGE_SQL, month_start, month_end, now, domain)
-
-
-async def stored_offsets(pool: Pool) -> list[Record]:
-    """Every consumer group's stored next offset per topic and partition."""
-    return await pool.fetch(
-        "SELECT group_id, topic, partition, next_offset, applied_at FROM consumer_offsets "
-        "ORDER BY group_id, topic, partition"
-    )

@@ -24,7 +24,7 @@ from pysdmx.io.pd import PandasDataset
 from pysdmx.model import Component, Components, Concept, DataType, Role, Schema
 
 from api.decimals import decimals_of
-from api.statistics import Cell
+from api.statistics import StatisticsCell
 from core.catalogue import MetricSpec
 
 AGENCY: Final = "CITYINGEST"
@@ -76,11 +76,11 @@ def statistics_of(spec: MetricSpec) -> tuple[str, ...]:
     return ("TOTAL",) if spec.kind == "counter" else ("MEAN", "MIN", "MAX")
 
 
-def _value(cell: Cell, stat: str) -> float | None:
+def _value(cell: StatisticsCell, stat: str) -> float | None:
     return {"TOTAL": cell.total_consumption, "MEAN": cell.mean, "MIN": cell.min, "MAX": cell.max}[stat]
 
 
-def to_sdmx_csv(cells: Sequence[Cell], spec: MetricSpec) -> str:
+def to_sdmx_csv(cells: Sequence[StatisticsCell], spec: MetricSpec) -> str:
     """SDMX-CSV 1.0 text of ``cells`` of metric ``spec``."""
     rows: list[dict[str, object]] = []
     places = decimals_of(spec.unit)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from api.ops_config import ComponentTarget, parse_targets
+from api.ops.config import ComponentTarget, parse_targets
 from core.settings import DatabaseSettings, DomainSettings, KafkaSettings
 
 

@@ -31,7 +31,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, Final, Literal, Protocol
+from typing import Annotated, Any, Final, Literal, Protocol
+
+from pydantic import Field
 
 from api.decimals import decimals_of, rounded
 from core.catalogue import MetricSpec
@@ -78,15 +80,6 @@ def _instant(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def expected_readings(
-    registered_at: datetime, interval_s: float, month_start: datetime, month_end: datetime, now: datetime
-) -> float:
-    """Readings one device owes in a month: its registered share of the month (up to now) / interval."""
-    begin = max(month_start, registered_at)
-    finish = min(month_end, now)
-    return max(0.0, (finish - begin).total_seconds()) / interval_s
-
-
 def completeness(received: int, expected: float) -> float | None:
     """``received / expected``, or None when nothing was expected."""
     return received / expected if expected > 0 else None
@@ -99,32 +92,36 @@ def obs_status(devices_reporting: int, k: int) -> ObsStatus:
     return "Q" if devices_reporting < k else "A"
 
 
-@dataclass(frozen=True, slots=True)
-class Cell:
-    """One published statistics cell; values are None when suppressed or missing."""
+_SUPPRESSED_NULL: Final = "Null when suppressed."
 
+
+@dataclass(frozen=True, slots=True)
+class StatisticsCell:
+    """One cell: a month and one value of each breakdown (`_T` = not broken down, null = unknown)."""
+
+    # The one definition of a cell: the route serves it as it is (its JSON schema is the OpenAPI one),
+    # and the CSV and SDMX exports read it. A slots dataclass, not a pydantic model: built once per cell.
     period: str
     district: str | None
     domain: str | None
     provenance: str | None
     devices_reporting: int
-    readings: int | None
+    readings: Annotated[int | None, Field(description=_SUPPRESSED_NULL)]
     mean: float | None
     min: float | None
     max: float | None
-    total_consumption: float | None
-    flagged: int | None
+    total_consumption: Annotated[float | None, Field(description="Counters only: sum of increases.")]
+    flagged: Annotated[int | None, Field(description=_SUPPRESSED_NULL)]
     devices_expected: int
     readings_expected: float
-    readings_received: int | None
-    completeness: float | None
+    readings_received: Annotated[int | None, Field(description=_SUPPRESSED_NULL)]
+    completeness: Annotated[
+        float | None, Field(description="Null when suppressed or when nothing was expected.")
+    ]
     devices_without_interval: int
-    obs_status: ObsStatus
-
-    @property
-    def suppressed(self) -> bool:
-        """Whether disclosure control removed this cell's values."""
-        return self.obs_status == "Q"
+    obs_status: Annotated[ObsStatus, Field(description="A normal, Q suppressed (< k devices), O no data.")]
+    suppressed: bool
+    """Whether disclosure control removed this cell's values (obs_status Q)."""
 
 
 class Row(Protocol):
@@ -133,8 +130,9 @@ class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
-def shape_cell(row: Row, spec: MetricSpec, by: Sequence[str], k: int) -> Cell:
-    """A :class:`Cell` from one aggregated row (keys as in ``api.report_queries``), suppressed as needed.
+def shape_cell(row: Row, spec: MetricSpec, by: Sequence[str], k: int) -> StatisticsCell:
+    """A :class:`StatisticsCell` from one aggregated row (keys as in ``api.report_queries``), suppressed
+    as needed.
 
     Values are rounded to the decimals of the metric's unit (:mod:`api.decimals`).
     """
@@ -150,7 +148,7 @@ def shape_cell(row: Row, spec: MetricSpec, by: Sequence[str], k: int) -> Cell:
     received = int(row["received"] or 0)
     # Not strftime, which takes three times as long: this runs once per cell.
     period = row["period"].astimezone(UTC)
-    return Cell(
+    return StatisticsCell(
         period=f"{period.year:04d}-{period.month:02d}",
         district=row["district"] if "district" in by else TOTAL,
         domain=row["domain"] if "domain" in by else TOTAL,
@@ -170,6 +168,7 @@ def shape_cell(row: Row, spec: MetricSpec, by: Sequence[str], k: int) -> Cell:
         completeness=None if hidden else completeness(received, expected),
         devices_without_interval=int(row["devices_without_interval"] or 0),
         obs_status=status,
+        suppressed=hidden,
     )
 
 

@@ -49,3 +49,9 @@ class StoreUnavailable(ServiceUnavailable):
 
 class BrokerUnavailable(ServiceUnavailable):
     """Kafka or the MQTT broker cannot be reached."""
+
+
+class StoreRejectedData(CityIngestError):
+    """The store refused the data (SQLSTATE classes 22, 23, 54); retrying cannot help."""
+
+    retriable: ClassVar[bool] = False

@@ -1,6 +1,6 @@
 """Consumer lag as the dev stack sees it: real Kafka end offsets minus the offsets stored in the database.
 
-The end offsets come from :func:`api.kafka.end_offsets` (:func:`core.offsets.real_end_offsets`), not
+The end offsets come from :func:`api.ops.kafka.end_offsets` (:func:`core.offsets.real_end_offsets`), not
 from ListOffsets alone: Tansu under-reports those after batched produces, and a drain that trusted them
 would stop before the consumers applied the last batches and then discard them with the broker.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from api.kafka import end_offsets
+from api.ops.kafka import end_offsets
 from devstack.process import ServiceError
 
 END_OFFSETS_TIMEOUT_S = 10.0

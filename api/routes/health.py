@@ -7,7 +7,9 @@ import asyncio
 import asyncpg
 from fastapi import APIRouter, Request
 
+from api.ops import queries
 from api.problems import Problem
+from core.errors import ConfigError, StoreUnavailable
 
 router = APIRouter(tags=["health"])
 
@@ -25,12 +27,14 @@ async def readyz(request: Request) -> dict[str, str]:
     timeout: float = request.app.state.settings.ready_timeout_s
     try:
         async with asyncio.timeout(timeout):
-            await pool.fetchval("SELECT 1")
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await queries.ping(pool)
+    except (TimeoutError, StoreUnavailable, ConfigError) as exc:
+        # An outage or a refused connection makes the API unready; any other error is a bug (a 500).
+        reason = f"the database did not answer within {timeout:g} s" if isinstance(exc, TimeoutError) else exc
         raise Problem(
             503,
             "Not ready",
-            f"the database does not answer ({type(exc).__name__}); check that PostgreSQL is running "
-            "and CITYINGEST_DATABASE_URL points at it",
+            f"{reason}; check that PostgreSQL is running and CITYINGEST_DATABASE_URL points at it",
+            headers={"Retry-After": "5"},
         ) from None
     return {"status": "ready"}

@@ -8,14 +8,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import kafka, report_queries
 from api.auth import Principal, Scope, require
 from api.deps import PoolDep, SettingsDep
 from api.metrics import ApiMetrics
-from api.ops_lag import build_lag, kafka_warning, unsettled_warning
-from api.ops_models import Lag, Overview
-from api.ops_overview import build_overview
-from api.ops_rates import RateTracker
+from api.ops import kafka, queries
+from api.ops.lag import build_lag, kafka_warning, unsettled_warning
+from api.ops.models import Lag, Overview
+from api.ops.overview import build_overview
+from api.ops.rates import RateTracker
 
 router = APIRouter(tags=["ops"])
 Operator = Annotated[Principal, Depends(require(Scope.OPS_READ))]
@@ -32,7 +32,7 @@ def _rate_tracker(request: Request) -> RateTracker:
 @router.get("/v1/ops/lag")
 async def lag(pool: PoolDep, settings: SettingsDep, _: Operator) -> Lag:
     """Per consumer group, topic and partition: end offset, stored offset, lag, last applied batch."""
-    rows = await report_queries.stored_offsets(pool)
+    rows = await queries.stored_offsets(pool)
     ends = await kafka.end_offsets(
         settings.kafka_bootstrap, {r["topic"] for r in rows}, settings.kafka_timeout_s
     )

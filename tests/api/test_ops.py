@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from api.app import create_app
-from api.kafka import end_offsets
+from api.ops.kafka import end_offsets
 from api.settings import ApiSettings
 from devstack.process import free_port
 from tests.api.conftest import apply, burst, envelope, started

@@ -1,16 +1,19 @@
-"""The overview's pure parts: component targets, Prometheus counters, rates, HTTP answers, excerpts."""
+"""The overview's parts: component targets, Prometheus counters, rates, HTTP answers, excerpts."""
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import pytest
 from pydantic import ValidationError
 
-from api.ops_config import ComponentTarget, parse_target
-from api.ops_http import parse_answer
-from api.ops_lag import build_lag, unsettled_warning
-from api.ops_overview import excerpt
-from api.ops_prom import parse_metrics
-from api.ops_rates import RateTracker, counter_delta, rates_between
+from api.ops.config import ComponentTarget, parse_target
+from api.ops.http import MAX_BYTES, http_get, probe_client
+from api.ops.lag import build_lag, unsettled_warning
+from api.ops.overview import excerpt
+from api.ops.prom import parse_metrics
+from api.ops.rates import RateTracker, counter_delta, rates_between
 from api.settings import ApiSettings
 from consumers.metrics import ConsumerMetrics
 from ingest.metrics import BridgeStats, build_registry, render
@@ -119,14 +122,42 @@ def test_tracker_compares_with_a_sample_old_enough() -> None:
     assert stale.window_s is None
 
 
-def test_http_answers_parse() -> None:
-    answer = parse_answer(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\nokEXTRA")
-    assert (answer.status, answer.body) == (503, b"ok")
-    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
-    assert parse_answer(chunked).body == b"abcde"
-    for broken in (b"garbage", b"SSH-2.0\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort"):
-        with pytest.raises(ValueError, match=r"HTTP|body|incomplete"):
-            parse_answer(broken)
+ANSWERS = {
+    b"/short": b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\nokEXTRA",
+    b"/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+    b"/ssh": b"SSH-2.0-OpenSSH\r\n\r\n",
+    b"/cut": b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort",
+    b"/huge": b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * (MAX_BYTES + 1),
+}
+
+
+async def test_http_answers_through_the_client() -> None:
+    """The overview's GET on a real socket: exact bodies, chunks, the Host header, and refusals."""
+    heads: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        heads.append(head)
+        writer.write(ANSWERS[head.split(b" ")[1]])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with probe_client(5.0) as client:
+            short = await http_get(client, f"{base}/short", "consumers:9101")
+            assert (short.status, short.body) == (503, b"ok")
+            assert b"\r\nhost: consumers:9101\r\n" in heads[0].lower()
+            assert (await http_get(client, f"{base}/chunked", "x")).body == b"abcde"
+            for broken in ("/ssh", "/cut"):
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await http_get(client, f"{base}{broken}", "x")
+            with pytest.raises(ValueError, match="larger than"):
+                await http_get(client, f"{base}/huge", "x")
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def test_excerpts_are_one_line_of_text() -> None:

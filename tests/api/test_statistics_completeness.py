@@ -13,10 +13,12 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
-from api.routes.statistics import StatisticsCell, StatisticsPage
+from api import report_queries
+from api.routes.statistics import StatisticsPage
 from tests.api.conftest import apply, envelope, register
 
 pytestmark = pytest.mark.integration
@@ -165,7 +167,8 @@ async def test_json_body_is_the_documented_model(client: httpx.AsyncClient, auth
     body = resp.json()
     page = StatisticsPage.model_validate(body)
     assert list(body) == list(StatisticsPage.model_fields)
-    assert all(list(item) == list(StatisticsCell.model_fields) for item in body["items"])
+    documented = (await client.get("/openapi.json")).json()["components"]["schemas"]["StatisticsCell"]
+    assert all(list(item) == list(documented["properties"]) for item in body["items"])
     assert len(page.items) == 2
     assert page.next_cursor is not None
     assert page.model_dump(mode="json") == body
@@ -221,3 +224,48 @@ async def test_silent_devices_without_interval_are_counted(
         1,
         2,
     )
+
+
+@pytest.mark.parametrize(
+    ("now", "want"),
+    [
+        # (district, month) -> readings expected, from the production query (report_queries).
+        (
+            datetime(2030, 1, 1, tzinfo=UTC),
+            {("full", "2024-01"): 31 * 24, ("mid", "2024-01"): 11 * 24 * 6, ("late", "2024-01"): 0},
+        ),
+        # January in progress: ten days owed so far; February not begun, nothing owed yet.
+        (
+            at(1, 11),
+            {("prog", "2024-01"): 10, ("prog", "2024-02"): 0, ("late", "2024-01"): 0},
+        ),
+    ],
+)
+async def test_readings_expected_by_the_production_query(
+    database_url: str,
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    now: datetime,
+    want: dict[tuple[str, str], float],
+) -> None:
+    """The rule's ``expected`` on exact cases: registered before, mid-month, after; month in progress."""
+    devices = [
+        Dev("e1", "full", "water", 3600, at(1, 1) - timedelta(days=5), ()),
+        Dev("e2", "mid", "water", 600, at(1, 21), ()),
+        Dev("e3", "prog", "water", 86400, at(1, 1), ()),
+        Dev("e4", "late", "water", 60, at(2, 1), ()),  # registered after January
+    ]
+    await install(database_url, client, auth, devices)
+    months = [(at(1, 1), at(2, 1)), (at(2, 1), at(3, 1))]
+    pool = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=1, server_settings={"timezone": "UTC"}
+    )
+    try:
+        rows = await report_queries.monthly_statistics(
+            pool, METRIC, months, now, ("water",), ["district"], [None, None, None]
+        )
+    finally:
+        await pool.close()
+    got = {(r["district"], f"{r['period']:%Y-%m}"): r["expected"] for r in rows}
+    for key, expected in want.items():
+        assert got.get(key, 0) == pytest.approx(expected), key

@@ -14,7 +14,6 @@ from api.decimals import DECIMALS, DEFAULT_DECIMALS, decimals_of, rounded
 from api.statistics import (
     TOTAL,
     completeness,
-    expected_readings,
     missing_metrics,
     month_range,
     next_month,
@@ -63,23 +62,6 @@ def test_next_month_is_the_first_of_the_following_month(year: int, month: int) -
     following = next_month(date(year, month, 1))
     assert following.day == 1
     assert (following - timedelta(days=1)).month == month
-
-
-def test_expected_readings_full_month() -> None:
-    now = datetime(2030, 1, 1, tzinfo=UTC)
-    assert expected_readings(JAN - timedelta(days=5), 3600, JAN, FEB, now) == 31 * 24
-
-
-def test_expected_readings_registered_mid_month() -> None:
-    now = datetime(2030, 1, 1, tzinfo=UTC)
-    assert expected_readings(datetime(2024, 1, 21, tzinfo=UTC), 600, JAN, FEB, now) == 11 * 24 * 6
-
-
-def test_expected_readings_month_in_progress_and_future() -> None:
-    now = datetime(2024, 1, 11, tzinfo=UTC)
-    assert expected_readings(JAN, 86400, JAN, FEB, now) == 10
-    assert expected_readings(JAN, 86400, FEB, datetime(2024, 3, 1, tzinfo=UTC), now) == 0
-    assert expected_readings(FEB, 60, JAN, FEB, now) == 0  # registered after the month
 
 
 def test_completeness() -> None:

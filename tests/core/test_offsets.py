@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from api.kafka import probe_client
+from api.ops.kafka import probe_client
 from core.offsets import EndOffsets, real_end_offsets
 from tests.api.conftest import burst
 from tests.conftest import KafkaTopics

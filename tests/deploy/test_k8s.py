@@ -17,7 +17,7 @@ import kubernetes_validate  # type: ignore[import-untyped]  # ships no type info
 import pytest
 import yaml
 
-from api.ops_config import parse_target
+from api.ops.config import parse_target
 from cli.main import build_parser
 from consumers.settings import ConsumerSettings
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from api.ops_models import Lag, LagTotals, PartitionLag
+from api.ops.models import Lag, LagTotals, PartitionLag
 from api.queries import Record
 
 Ends = Mapping[tuple[str, int], int]

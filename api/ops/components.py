@@ -1,7 +1,8 @@
 """Ask each configured bridge and consumer for /readyz and /metrics, all at once, each within a timeout.
 
 A component that hangs costs the overview at most ``timeout_s``; one that is down costs a refused
-connection. Neither keeps the others from being reported.
+connection. Neither keeps the others from being reported. One httpx client (:mod:`api.ops.http`) serves
+the whole poll.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import httpx
 import orjson
 
-from api.ops_config import ComponentTarget
-from api.ops_http import HttpAnswer, http_get
-from api.ops_models import HealthState
-from api.ops_prom import Kind, Scrape, parse_metrics
+from api.ops.config import ComponentTarget
+from api.ops.http import HttpAnswer, http_get, probe_client
+from api.ops.models import HealthState
+from api.ops.prom import Kind, Scrape, parse_metrics
 
 _DETAIL_CHARS = 300
 
@@ -31,11 +33,15 @@ class Instance:
     port: int
     host_header: str
 
+    def path_url(self, path: str) -> str:
+        """The URL of ``path`` on this address."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}{path}"
+
     @property
     def url(self) -> str:
         """The /readyz URL, for the report."""
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"http://{host}:{self.port}/readyz"
+        return self.path_url("/readyz")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +65,12 @@ async def probe_all(targets: Sequence[ComponentTarget], timeout_s: float) -> lis
     """One report per instance of every target, in configuration order, within about twice ``timeout_s``."""
     groups = await asyncio.gather(*(_instances(t, timeout_s) for t in targets))
 
-    async def answer(item: Instance | ComponentReport) -> ComponentReport:
-        return item if isinstance(item, ComponentReport) else await probe(item, timeout_s)
+    async with probe_client(timeout_s) as client:
 
-    return list(await asyncio.gather(*(answer(item) for group in groups for item in group)))
+        async def answer(item: Instance | ComponentReport) -> ComponentReport:
+            return item if isinstance(item, ComponentReport) else await probe(client, item, timeout_s)
+
+        return list(await asyncio.gather(*(answer(item) for group in groups for item in group)))
 
 
 async def _instances(target: ComponentTarget, timeout_s: float) -> list[Instance | ComponentReport]:
@@ -78,13 +86,13 @@ async def _instances(target: ComponentTarget, timeout_s: float) -> list[Instance
     return [Instance(f"{target.name}@{a}", a, target.port, target.netloc) for a in addresses]
 
 
-async def probe(instance: Instance, timeout_s: float) -> ComponentReport:
+async def probe(client: httpx.AsyncClient, instance: Instance, timeout_s: float) -> ComponentReport:
     """/readyz and /metrics of one instance, asked concurrently; ``down`` if /readyz does not answer."""
     started = time.monotonic()
 
     async def get(path: str) -> HttpAnswer:
         async with asyncio.timeout(timeout_s):
-            return await http_get(instance.address, instance.port, path, instance.host_header)
+            return await http_get(client, instance.path_url(path), instance.host_header)
 
     ready, metrics = await asyncio.gather(get("/readyz"), get("/metrics"), return_exceptions=True)
     if isinstance(ready, BaseException):
@@ -107,10 +115,11 @@ async def probe(instance: Instance, timeout_s: float) -> ComponentReport:
 
 
 def _error_text(exc: BaseException, timeout_s: float) -> str:
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return f"no answer within {timeout_s:g} s"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (not running?)"
+    if isinstance(exc, httpx.ConnectError):
+        # httpx does not say whether the connection was refused or the address is unreachable.
+        return f"cannot connect: {exc} (not running?)"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

@@ -1,8 +1,10 @@
-"""One bounded look at Kafka for the overview: end offsets, and the tail of the dead-letter topic.
+"""Kafka for the API, always bounded by a timeout: Kafka being down never fails a request.
 
-One client for both, so a poll of the dashboard costs one connection. The end offsets (the real ones,
-from :func:`core.offsets.real_end_offsets`) come first and are kept when the tail does not arrive in
-time: lag matters more than the latest dead letters.
+:func:`end_offsets` feeds the lag view; :func:`snapshot` is the overview's one look at Kafka (end
+offsets and the tail of the dead-letter topic through one client, so a poll of the dashboard costs one
+connection). The end offsets are the real ones (:func:`core.offsets.real_end_offsets`); in the
+snapshot they come first and are kept when the tail does not arrive in time: lag matters more than the
+latest dead letters.
 """
 
 from __future__ import annotations
@@ -17,11 +19,58 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from api.kafka import probe_client
 from core.deadletter import DeadLetter, decode_dead_letter
-from core.offsets import PROBE_WAIT_MS, real_end_offsets
+from core.offsets import PROBE_WAIT_MS, EndOffsets, real_end_offsets
 
 log = logging.getLogger(__name__)
+
+
+def probe_client(bootstrap: str, timeout_s: float) -> AIOKafkaConsumer:
+    """A consumer without a group, for :func:`core.offsets.real_end_offsets` (and reading a topic's tail)."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        request_timeout_ms=max(1000, int(timeout_s * 1000)),
+        fetch_max_wait_ms=PROBE_WAIT_MS,
+        # A probe position out of range (retention deleted it meanwhile) restarts at the reported end.
+        auto_offset_reset="latest",
+    )
+
+
+async def end_offsets(
+    bootstrap: str, topics: Iterable[str], timeout_s: float
+) -> EndOffsets[tuple[str, int]] | None:
+    """Real end offset of every partition of ``topics``, or None if Kafka does not answer in time."""
+    wanted = sorted(set(topics))
+    if not wanted:
+        return EndOffsets({}, frozenset())
+    consumer = probe_client(bootstrap, timeout_s)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await consumer.start()
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in wanted
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            # Half the time for reading past the reported ends: the rest is for connecting.
+            found = await real_end_offsets(consumer, partitions, max_wait_s=timeout_s / 2)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        log.warning("Kafka end offsets unavailable from %s: %r", bootstrap, exc)
+        return None
+    finally:
+        with contextlib.suppress(KafkaError, OSError):
+            await asyncio.shield(consumer.stop())
+    return by_name(found)
+
+
+def by_name(found: EndOffsets[TopicPartition]) -> EndOffsets[tuple[str, int]]:
+    """The same end offsets keyed by plain ``(topic, partition)`` tuples."""
+    return EndOffsets(
+        {(tp.topic, tp.partition): offset for tp, offset in found.ends.items()},
+        frozenset((tp.topic, tp.partition) for tp in found.unsettled),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from api import queries, report_queries
-from api.ops_components import ComponentReport, probe_all
-from api.ops_kafka import KafkaSnapshot, TailRecord, snapshot
-from api.ops_lag import build_lag, kafka_warning, unsettled_warning
-from api.ops_models import (
+from api.ops import queries
+from api.ops.components import ComponentReport, probe_all
+from api.ops.kafka import KafkaSnapshot, TailRecord, snapshot
+from api.ops.lag import build_lag, kafka_warning, unsettled_warning
+from api.ops.models import (
     ComponentHealth,
     DeadLetters,
     DeadLetterSample,
@@ -30,9 +30,10 @@ from api.ops_models import (
     UnregisteredDevice,
     UnregisteredDevices,
 )
-from api.ops_prom import CONSUME_READINGS, DEAD_LETTERS, INGEST_MESSAGES, INGEST_READINGS, STORED_READINGS
-from api.ops_rates import Rates, RateTracker
+from api.ops.prom import CONSUME_READINGS, DEAD_LETTERS, INGEST_MESSAGES, INGEST_READINGS, STORED_READINGS
+from api.ops.rates import Rates, RateTracker
 from api.settings import ApiSettings
+from core.errors import StoreUnavailable
 
 EXCERPT_CHARS = 160
 MESSAGE_CHARS = 300
@@ -96,11 +97,13 @@ async def read_store(pool: asyncpg.Pool, latest: int, timeout_s: float) -> Store
     started = time.monotonic()
     try:
         async with asyncio.timeout(timeout_s):
-            offsets = await report_queries.stored_offsets(pool)
+            offsets = await queries.stored_offsets(pool)
             count, rows = await queries.unregistered_devices(pool, latest)
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        reason = f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError) else type(exc).__name__
-        return StoreRead(error=f"the database did not answer ({reason})")
+    except (TimeoutError, StoreUnavailable) as exc:
+        # A bug (StoreBug) is not an outage: it fails the request as a 500 instead of reading "down".
+        if isinstance(exc, TimeoutError):
+            return StoreRead(error=f"the database did not answer (no answer within {timeout_s:g} s)")
+        return StoreRead(error=str(exc))
     return StoreRead(offsets, count, rows, (time.monotonic() - started) * 1000)
 
 
