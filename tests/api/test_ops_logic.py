@@ -7,11 +7,13 @@ from pydantic import ValidationError
 
 from api.ops_config import ComponentTarget, parse_target
 from api.ops_http import parse_answer
-from api.ops_overview import excerpt
+from api.ops_kafka import TailRecord
+from api.ops_overview import dead_letter_sample, excerpt
 from api.ops_prom import parse_metrics
 from api.ops_rates import RateTracker, counter_delta, rates_between
 from api.settings import ApiSettings
 from consumers.metrics import ConsumerMetrics
+from core.deadletter import DeadLetter, RejectedItem, RejectedReadings
 from ingest.metrics import BridgeStats, build_registry, render
 
 
@@ -134,3 +136,21 @@ def test_excerpts_are_one_line_of_text() -> None:
     assert excerpt(b"\xff\xfeok") == "\ufffd\ufffdok"
     assert excerpt(b"x" * 500, limit=10) == "x" * 10 + "…"
     assert excerpt(b"<script>alert(1)</script>") == "<script>alert(1)</script>"  # escaped by the page
+
+
+def test_a_dead_letter_of_rejected_readings_shows_them_by_reason() -> None:
+    readings = RejectedReadings(
+        {"unknown_metric": 9000, "non_numeric_value": 38},
+        2,
+        (RejectedItem(0, "unknown_metric", "reading 0: x"),),
+    )
+    dl = DeadLetter(
+        "unknown_metric", "9038 rejected", "mqtt", "city/water/d/telemetry", b"{}", 1, "b-1", "d", readings
+    )
+    sample = dead_letter_sample("readings.dlq", TailRecord(0, 7, 1_000, dl, b""))
+    assert (sample.reason, sample.rejected_readings) == (
+        "unknown_metric",
+        {"unknown_metric": 9000, "non_numeric_value": 38},
+    )
+    whole = DeadLetter("invalid_json", "not JSON", "mqtt", "city/water/d/telemetry", b"{", 1, "b-1", "d")
+    assert dead_letter_sample("readings.dlq", TailRecord(0, 8, 1_000, whole, b"")).rejected_readings is None
