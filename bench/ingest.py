@@ -1,6 +1,7 @@
 """Throughput of one bridge process, next to the broker's own QoS 1 ceiling, measured in the same run.
 
-Usage: ``.venv/bin/python bench/ingest.py [--messages N] [--packs N] [--publishers P]``
+Usage: ``.venv/bin/python -m bench.ingest [--messages N] [--packs N] [--publishers P]
+[--dead-letter-messages N]``
 (behind ``make bench-ingest``).
 
 It starts its own Mosquitto and Tansu (memory storage) on free ports, then for each workload:
@@ -11,7 +12,9 @@ It starts its own Mosquitto and Tansu (memory storage) on free ports, then for e
    when the bridge has acknowledged all N messages, i.e. after Kafka (acks=all) took every reading.
 
 Workloads: single-reading JSON messages, and SenML packs of 50 readings. Targets on a 2-core machine:
-10,000 single-reading messages/s and 150,000 readings/s with packs of 50. Not a test: it prints figures.
+10,000 single-reading messages/s and 150,000 readings/s with packs of 50. Then a sustained stream of
+256 KiB messages of invalid readings (:mod:`bench.deadletters`): msg/s, dead letters written and the
+bridge's peak memory against its 300 MB target. Not a test: it prints figures.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +42,7 @@ from devstack.tansu import TansuBroker
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "bench"
 MAX_LINES_PER_PUBLISHER = 60_000  # mosquitto_pub -l at QoS 1 stops early past 65,535 lines
+REJECTED = re.compile(r'^cityingest_bridge_rejected_total\{reason="(\w+)"\} ([0-9.e+]+)$', re.M)
 
 
 @dataclass(frozen=True)
@@ -146,8 +151,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bridge_rate(mqtt_port: int, kafka: str, workload: Workload, workdir: Path) -> tuple[float, float, float]:
-    """(messages/s, readings/s, bridge CPU share) of one bridge process draining the workload."""
+def scrape_rejected(port: int) -> Counter[str]:
+    """The bridge's rejected payloads and readings by reason code."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return Counter({m[1]: int(float(m[2])) for m in REJECTED.finditer(text)})
+
+
+def start_bridge(mqtt_port: int, kafka: str, name: str, workdir: Path) -> tuple[ChildProcess, int]:
+    """A ``python -m ingest`` process subscribed to the bench's topics, ready; and its HTTP port."""
     http_port = free_port()
     env = {
         **os.environ,
@@ -157,23 +169,26 @@ def bridge_rate(mqtt_port: int, kafka: str, workload: Workload, workdir: Path) -
         "CITYINGEST_KAFKA_BOOTSTRAP": kafka,
         "CITYINGEST_KAFKA_IDEMPOTENCE": "false",
         "CITYINGEST_HTTP_PORT": str(http_port),
-        "CITYINGEST_CLIENT_ID": f"bench-{workload.name}",
+        "CITYINGEST_CLIENT_ID": f"bench-{name}",
         "CITYINGEST_LOG_LEVEL": "WARNING",
     }
     bridge = ChildProcess(
-        "bridge",
-        [sys.executable, "-m", "ingest"],
-        log_path=workdir / f"bridge-{workload.name}.log",
-        env=env,
-        cwd=ROOT,
+        "bridge", [sys.executable, "-m", "ingest"], log_path=workdir / f"bridge-{name}.log", env=env, cwd=ROOT
     )
     bridge.start()
+    deadline = time.monotonic() + 30
+    while not ready(http_port):
+        if time.monotonic() > deadline or not bridge.alive():
+            bridge.stop()
+            raise RuntimeError(f"the bridge did not become ready; see {bridge.log_path}")
+        time.sleep(0.1)
+    return bridge, http_port
+
+
+def bridge_rate(mqtt_port: int, kafka: str, workload: Workload, workdir: Path) -> tuple[float, float, float]:
+    """(messages/s, readings/s, bridge CPU share) of one bridge process draining the workload."""
+    bridge, http_port = start_bridge(mqtt_port, kafka, workload.name, workdir)
     try:
-        deadline = time.monotonic() + 30
-        while not ready(http_port):
-            if time.monotonic() > deadline or not bridge.alive():
-                raise RuntimeError(f"the bridge did not become ready; see {bridge.log_path}")
-            time.sleep(0.1)
         assert bridge.pid is not None
         cpu0 = cpu_seconds(bridge.pid)
         start = time.perf_counter()
@@ -204,6 +219,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100_000, help="single-reading messages")
     parser.add_argument("--packs", type=int, default=20_000, help="SenML packs of 50 readings")
     parser.add_argument("--publishers", type=int, default=2, help="mosquitto_pub processes per workload")
+    parser.add_argument(
+        "--dead-letter-messages", type=int, default=1_000, help="256 KiB messages of invalid readings"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cityingest-bench-") as tmp:
         workdir = Path(tmp)
@@ -229,6 +247,11 @@ def main() -> None:
                     f"{workload.name:<10} {workload.messages:>9} {ceiling:>14,.0f} {msgs:>13,.0f} "
                     f"{readings:>11,.0f} {msgs / ceiling:>10.0%} {cpu:>10.0%}"
                 )
+            if args.dead_letter_messages:
+                # Imported here: bench.deadletters imports this module (and bench.procmem, which does too).
+                from bench.deadletters import report
+
+                report(mosquitto.port, tansu.bootstrap, args.dead_letter_messages, args.publishers, workdir)
         finally:
             tansu.stop()
             mosquitto.stop()

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import os
-import re
 import sys
 import urllib.request
 from collections import Counter
@@ -21,7 +20,7 @@ from typing import Any, Final
 import asyncpg
 
 from api.keys import create_api_key
-from bench.ingest import scrape
+from bench.ingest import REJECTED, scrape
 from bench.procmem import Watched, Watcher, pids_with_argument
 from devstack.kafka import ensure_topics
 from devstack.mosquitto import MosquittoBroker
@@ -35,9 +34,6 @@ ROOT: Final = Path(__file__).resolve().parents[1]
 DATABASE: Final = "cityingest"
 TOPIC: Final = "readings"
 SCOPES: Final = ("metrics:read", "statistics:read", "ops:read")
-
-
-_REJECTED: Final = re.compile(r'^cityingest_bridge_rejected_total\{reason="(\w+)"\} ([0-9.e+]+)$', re.M)
 
 
 def _get_text(url: str) -> str:
@@ -162,9 +158,9 @@ class Pipeline:
         return int(raw), int(monthly)
 
     async def bridge_rejections(self) -> Counter[str]:
-        """The bridge's rejections (each one dead letter) by reason code."""
+        """The bridge's rejected payloads and readings by reason code."""
         text = await asyncio.to_thread(_get_text, self.bridge_url("/metrics"))
-        return Counter({m[1]: int(float(m[2])) for m in _REJECTED.finditer(text)})
+        return Counter({m[1]: int(float(m[2])) for m in REJECTED.finditer(text)})
 
     async def bridge_stats(self) -> dict[str, float]:
         """The bridge's counters (``cityingest_bridge_*``)."""

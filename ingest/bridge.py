@@ -1,12 +1,14 @@
 """The bridge runtime: MQTT messages in, validated envelopes and dead letters out to Kafka.
 
 At-least-once: an MQTT message is acknowledged to the broker only after Kafka acknowledged (``acks=all``)
-every record made from it, the envelope of its valid readings and a dead letter per rejection. Acks go out
+every record made from it, the envelope of its valid readings and its dead letter if any. Acks go out
 in the order the messages arrived. A Kafka failure is retried with capped exponential backoff for as long as
 the message's MQTT connection lives (after a reconnect the broker redelivers it anyway); meanwhile the
 unacknowledged messages fill the in-flight window, the broker stops sending (Receive Maximum) and the bridge
-reports itself not ready. Retries and redeliveries may duplicate a record in Kafka, never lose one, and a
-retried record may land after newer records of the same device.
+reports itself not ready. The bytes of the records of unacknowledged messages are bounded too
+(``max_in_flight_bytes``): above it the bridge stops reading MQTT until acks bring them back under, so
+large messages cannot fill its memory. Retries and redeliveries may duplicate a record in Kafka, never
+lose one, and a retried record may land after newer records of the same device.
 
 No message can stop the others: one the bridge fails on unexpectedly is dead-lettered as ``internal_error``
 (raw payload kept) and acknowledged like any other. Whatever the cause, messages that wait while no ack goes
@@ -31,6 +33,7 @@ from aiokafka.errors import KafkaError
 from core.catalogue import Catalogue, load_catalogue
 from ingest.http import HealthServer
 from ingest.kafka import RETRY_BACKOFF_MAX_S, kafka_reachable, start_producer
+from ingest.memory import fix_mmap_threshold
 from ingest.metrics import CONTENT_TYPE, BridgeStats, build_registry, render
 from ingest.mqtt import MqttSource
 from ingest.parse import PayloadParser
@@ -46,12 +49,14 @@ _DRAIN_TIMEOUT_S: Final = 10.0
 class _Message:
     """An MQTT message on its way: acknowledged once ``outstanding`` records reached Kafka."""
 
-    __slots__ = ("abandoned", "generation", "mid", "outstanding", "qos", "records")
+    __slots__ = ("abandoned", "generation", "mid", "nbytes", "outstanding", "qos", "records")
 
     def __init__(self, mid: int, qos: int, generation: int, records: list[Record]) -> None:
         self.mid, self.qos, self.generation, self.records = mid, qos, generation, records
         self.outstanding = len(records)
         self.abandoned = False
+        # What the message keeps in memory until it is acknowledged: envelopes and dead letters alike.
+        self.nbytes = sum(len(r.value) + len(r.key or b"") for r in records)
 
 
 class Bridge:
@@ -74,13 +79,17 @@ class Bridge:
         """When acks last advanced, or messages started to wait after none did (the stall detector)."""
         self._kafka_reachable = False
         self._paused = False
+        self._in_flight_bytes = 0
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._retries: dict[asyncio.TimerHandle, tuple[_Message, Record]] = {}
         self._resends: set[asyncio.Task[None]] = set()
         self._registry = build_registry(
-            self.stats, lambda: len(self._pending), lambda: not self.not_ready_reasons()
+            self.stats,
+            lambda: len(self._pending),
+            lambda: not self.not_ready_reasons(),
+            lambda: self._in_flight_bytes,
         )
         self._http = HealthServer(
             settings.http_host,
@@ -103,6 +112,16 @@ class Bridge:
     def in_flight(self) -> int:
         """MQTT messages received and not yet acknowledged (or given up after a reconnect)."""
         return len(self._pending)
+
+    @property
+    def in_flight_bytes(self) -> int:
+        """Bytes of the Kafka records of the messages in flight (bounded by ``max_in_flight_bytes``)."""
+        return self._in_flight_bytes
+
+    @property
+    def intake_paused(self) -> bool:
+        """Whether the bridge stopped reading MQTT because its message window or byte budget is full."""
+        return self._paused
 
     def not_ready_reasons(self) -> list[str]:
         """Why the bridge does not take traffic now; empty when it is ready."""
@@ -227,11 +246,24 @@ class Bridge:
         self._queue.append(msg)
         self._idle.clear()
         self._wake.set()
-        # The broker keeps to Receive Maximum, so this only trips for a broker that does not, or when
-        # messages of a lost connection still wait for Kafka next to the redelivered ones.
-        if len(self._pending) >= 2 * self.settings.max_in_flight and self._mqtt is not None:
+        self._hold_if_full(msg)
+
+    def _hold_if_full(self, msg: _Message) -> None:
+        """Count the message's bytes; stop reading MQTT when the window or the byte budget is full."""
+        self._in_flight_bytes += msg.nbytes
+        self.stats.in_flight_bytes_peak = max(self.stats.in_flight_bytes_peak, self._in_flight_bytes)
+        # The broker keeps to Receive Maximum, so the count only trips for a broker that does not, or
+        # when messages of a lost connection still wait for Kafka next to the redelivered ones. The bytes
+        # trip for large messages (a 256 KiB payload, a dead letter carrying it): checked after taking
+        # the message, so one larger than the whole budget still passes and holds at most budget + 1.
+        s = self.settings
+        if self._mqtt is not None and (
+            len(self._pending) >= 2 * s.max_in_flight or self._in_flight_bytes > s.max_in_flight_bytes
+        ):
+            if not self._paused:
+                self.stats.intake_pauses += 1
             self._paused = True
-            self._mqtt.pause()
+            self._mqtt.pause()  # also after a reconnect, which resumed reading on its new socket
 
     def _records(self, maker: RecordMaker, message: paho.MQTTMessage, received_us: int) -> list[Record]:
         """The records of one message. Never raises: whatever fails is dead-lettered as internal_error, so
@@ -355,6 +387,7 @@ class Bridge:
             self._progress_at = time.monotonic()
         while pending and pending[0].outstanding == 0:
             msg = pending.popleft()
+            self._in_flight_bytes -= msg.nbytes
             if (
                 not msg.abandoned
                 and msg.qos
@@ -364,7 +397,12 @@ class Bridge:
                 self.stats.messages_acked += 1
         if not pending:
             self._idle.set()
-        if self._paused and not self._stopping and len(pending) <= self.settings.max_in_flight:
+        if (
+            self._paused
+            and not self._stopping
+            and len(pending) <= self.settings.max_in_flight
+            and self._in_flight_bytes <= self.settings.max_in_flight_bytes
+        ):
             self._paused = False
             if mqtt is not None:
                 mqtt.resume()
@@ -372,6 +410,7 @@ class Bridge:
 
 async def serve(settings: BridgeSettings) -> None:
     """Run a bridge until cancelled (or until it fails), then drain and shut it down gracefully."""
+    fix_mmap_threshold()  # the bridge owns this process: keep its large buffers from fragmenting the heap
     bridge = Bridge(settings)
     await bridge.start()
     try:

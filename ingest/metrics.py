@@ -33,6 +33,10 @@ class BridgeStats:
     kafka_retries: int = 0
     mqtt_connects: int = 0
     mqtt_reconnects: int = 0
+    intake_pauses: int = 0
+    """Times the bridge stopped reading MQTT because its in-flight window or byte budget was full."""
+    in_flight_bytes_peak: int = 0
+    """The most bytes of records of unacknowledged messages the bridge held at once."""
 
     @property
     def rejected_total(self) -> int:
@@ -43,10 +47,17 @@ class BridgeStats:
 class _StatsCollector:
     """Exports :class:`BridgeStats` plus live gauges (in-flight, readiness) as Prometheus metrics."""
 
-    def __init__(self, stats: BridgeStats, in_flight: Callable[[], int], ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        stats: BridgeStats,
+        in_flight: Callable[[], int],
+        ready: Callable[[], bool],
+        in_flight_bytes: Callable[[], int] | None = None,
+    ) -> None:
         self._stats = stats
         self._in_flight = in_flight
         self._ready = ready
+        self._in_flight_bytes = in_flight_bytes
 
     def collect(self) -> Iterable[Metric]:
         s = self._stats
@@ -69,6 +80,11 @@ class _StatsCollector:
             ("kafka_errors", "Kafka sends that failed (each is retried).", s.kafka_errors),
             ("mqtt_connects", "Successful MQTT connections, the first included.", s.mqtt_connects),
             ("mqtt_reconnects", "Successful MQTT connections after the first.", s.mqtt_reconnects),
+            (
+                "intake_pauses",
+                "Times MQTT reading paused: in-flight messages or bytes at their limit.",
+                s.intake_pauses,
+            ),
         ]
         for name, doc, value in simple:
             yield CounterMetricFamily(f"{prefix}_{name}", doc, value=value)
@@ -83,17 +99,31 @@ class _StatsCollector:
             "MQTT messages received but not yet acknowledged.",
             self._in_flight(),
         )
+        if self._in_flight_bytes is not None:
+            yield GaugeMetricFamily(
+                f"{prefix}_in_flight_bytes",
+                "Bytes of Kafka records of MQTT messages not yet acknowledged.",
+                self._in_flight_bytes(),
+            )
+            yield GaugeMetricFamily(
+                f"{prefix}_in_flight_bytes_peak",
+                "The most bytes of Kafka records of unacknowledged messages held at once.",
+                s.in_flight_bytes_peak,
+            )
         yield GaugeMetricFamily(
             f"{prefix}_ready", "1 when the bridge is ready to take traffic.", int(self._ready())
         )
 
 
 def build_registry(
-    stats: BridgeStats, in_flight: Callable[[], int], ready: Callable[[], bool]
+    stats: BridgeStats,
+    in_flight: Callable[[], int],
+    ready: Callable[[], bool],
+    in_flight_bytes: Callable[[], int] | None = None,
 ) -> CollectorRegistry:
     """A dedicated registry exporting one bridge's metrics."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_StatsCollector(stats, in_flight, ready))
+    registry.register(_StatsCollector(stats, in_flight, ready, in_flight_bytes))
     return registry
 
 

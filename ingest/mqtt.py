@@ -44,6 +44,13 @@ from ingest.tls import start_tls, tls_context
 log = logging.getLogger(__name__)
 
 _PACKETS_PER_TURN: Final = 2_000
+_TURN_S: Final = 0.02
+"""How long the reader means to keep the loop per turn. A message is never split, and one of 256 KiB of
+invalid readings takes 50-100 ms to handle: after a turn that overran, the reader rests as long as it
+overran (at most :data:`_MAX_REST_S`), so Kafka acks, the Kafka probe and /healthz, which need many short
+loop iterations, keep running under a stream of such messages."""
+_MIN_REST_S: Final = 0.001
+_MAX_REST_S: Final = 0.01
 _CONNECT_TIMEOUT_S: Final = 10.0
 _BACKOFF_MIN_S: Final = 0.2
 _BACKOFF_MAX_S: Final = 10.0
@@ -73,6 +80,7 @@ class MqttSource:
         self.connected = False
         self.subscribed = False
         self._paused = False
+        self._resting = False
         self._closing = False
         self._connack = asyncio.Event()
         self._lost = asyncio.Event()
@@ -118,14 +126,36 @@ class MqttSource:
 
     def _on_readable(self) -> None:
         client = self._client
+        deadline = self._loop.time() + _TURN_S
         for _ in range(_PACKETS_PER_TURN):
-            if self._paused or client.socket() is None:
+            if self._paused or self._resting or client.socket() is None:
                 return
             client.loop_read()
+            if self._loop.time() > deadline:
+                break
             if not client.rbuf:
                 return
-        # More packets are buffered: continue on the next turn so other work (Kafka acks) runs too.
-        self._loop.call_soon(self._on_readable)
+        overrun = self._loop.time() - deadline
+        if overrun > _MIN_REST_S:
+            self._rest(min(overrun, _MAX_REST_S))
+        elif client.rbuf:
+            # More packets are buffered: continue on the next turn so other work (Kafka acks) runs too.
+            self._loop.call_soon(self._on_readable)
+
+    def _rest(self, delay: float) -> None:
+        """Stop reading for ``delay`` seconds, so the loop's other work runs after a turn that overran."""
+        self._resting = True
+        sock = self._client.socket()
+        if sock is not None:
+            self._loop.remove_reader(sock)
+        self._loop.call_later(delay, self._end_rest)
+
+    def _end_rest(self) -> None:
+        self._resting = False
+        sock = self._client.socket()
+        if not self._paused and sock is not None:
+            self._loop.add_reader(sock, self._on_readable)
+            self._loop.call_soon(self._on_readable)
 
     def pause(self) -> None:
         """Stop reading messages (the in-flight window is full)."""
@@ -140,7 +170,7 @@ class MqttSource:
         if self._paused:
             self._paused = False
             sock = self._client.socket()
-            if sock is not None:
+            if sock is not None and not self._resting:  # else the rest's end resumes reading
                 self._loop.add_reader(sock, self._on_readable)
                 self._loop.call_soon(self._on_readable)
 

@@ -40,7 +40,7 @@ from core.readings import Envelope, Reading
 from core.topics import TELEMETRY_SUFFIX
 from core.types import DEFAULT_DOMAINS, RejectReason
 from ingest.senml import resolve_pack
-from ingest.validate import ReadingValidator, Rejection, dump_item, parse_timestamp, reject
+from ingest.validate import ReadingValidator, Rejection, parse_timestamp, reject
 
 MAX_DEVICE_ID_LENGTH: Final = 128
 
@@ -149,9 +149,7 @@ class PayloadParser:
                 _check_device(item, device_id)
                 readings.append(self._reading(item, received_us))
             except RejectedPayload as exc:
-                rejections.append(
-                    Rejection(exc.reason, f"reading {index}: {exc.message}", index, dump_item(item))
-                )
+                rejections.append(Rejection(exc.reason, f"reading {index}: {exc.message}", index, item))
         return readings, rejections
 
 

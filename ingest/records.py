@@ -2,9 +2,12 @@
 
 A message becomes the envelope of its valid readings on the readings topic (split into several records
 when it holds more than :data:`MAX_READINGS_PER_RECORD` readings), keyed by device id so a device's
-records share a partition, plus one dead letter per rejection on the dead-letter topic. A rejected whole
-payload becomes a single dead letter carrying the raw payload (cut to ``max_payload_bytes`` when it was too
-large, so the dead letter itself fits in a Kafka record).
+records share a partition, plus at most one dead letter on the dead-letter topic: a rejected whole payload
+becomes a dead letter carrying the raw payload (cut to ``max_payload_bytes`` when it was too large), and
+the rejected readings of an accepted payload become ONE dead letter carrying the payload once, every
+rejected reading counted by reason and the first :data:`MAX_DETAILS` in detail. So the records of a
+message are bounded by its size, whatever the number of its rejected readings, and every dead letter fits
+in a Kafka record (:data:`MAX_DEAD_LETTER_PAYLOAD_BYTES`).
 """
 
 from __future__ import annotations
@@ -15,16 +18,24 @@ import logging
 from collections import Counter
 from typing import Final
 
-from core.deadletter import DeadLetter, encode_dead_letter
+from core.deadletter import DeadLetter, RejectedItem, RejectedReadings, encode_dead_letter
 from core.errors import RejectedPayload
 from core.readings import Envelope, encode_envelope
 from core.types import RejectReason
-from ingest.parse import PayloadParser
+from ingest.parse import ParseResult, PayloadParser
 
 log = logging.getLogger(__name__)
 
 MAX_READINGS_PER_RECORD: Final = 5_000
 """Larger envelopes are split so a record stays well under Kafka's default 1 MiB limit."""
+MAX_DETAILS: Final = 100
+"""Rejected readings of a message described one by one in its dead letter; the others are only counted."""
+MAX_DETAIL_CHARS: Final = 200
+MAX_MESSAGE_CHARS: Final = 1_000
+MAX_ORIGIN_CHARS: Final = 1_024
+MAX_DEAD_LETTER_PAYLOAD_BYTES: Final = 393_216
+"""384 KiB, above the default ``max_payload_bytes``: the payload at most doubles in the dead letter's JSON,
+plus at most ~100 KB of details, message and origin, so a dead letter stays under Kafka's 1 MiB record."""
 
 
 class Record:
@@ -66,18 +77,15 @@ class RecordMaker:
         except RejectedPayload as exc:
             raw, message = payload, exc.message
             if exc.reason == RejectReason.PAYLOAD_TOO_LARGE:
-                raw = payload[: self._max_payload_bytes]
+                raw = payload[: min(self._max_payload_bytes, MAX_DEAD_LETTER_PAYLOAD_BYTES)]
                 message = f"{message}; the dead letter keeps the first {len(raw)} bytes"
             return [self.dead_letter(exc.reason, message, topic, raw, received_us, parser.device_of(topic))]
         except Exception as exc:  # a parser bug must neither stall the bridge nor lose the payload
             log.exception("parser failed on a message from %s", topic)
             return [self.internal_error(exc, topic, payload, received_us)]
-        records = [
-            self.dead_letter(r.reason, r.message, topic, r.item, received_us, result.device_id)
-            for r in result.rejections
-        ]
-        if result.envelope is not None:
-            records[:0] = self.envelope_records(result.envelope)
+        records = [] if result.envelope is None else self.envelope_records(result.envelope)
+        if result.rejections:
+            records.append(self.rejected_readings(result, payload, topic, received_us))
         return records
 
     def envelope_records(self, env: Envelope) -> list[Record]:
@@ -93,14 +101,54 @@ class RecordMaker:
             records.append(Record(topic, key, encode_envelope(part), len(chunk)))
         return records
 
+    def rejected_readings(self, result: ParseResult, payload: bytes, topic: str, received_us: int) -> Record:
+        """The one dead letter of a message's rejected readings: the payload once, every rejection counted
+        by reason (the top-level reason is the most frequent), the first MAX_DETAILS in detail."""
+        counts = Counter(r.reason for r in result.rejections)
+        self._rejected.update(counts)
+        details = tuple(
+            RejectedItem(r.index, r.reason, r.message[:MAX_DETAIL_CHARS])
+            for r in result.rejections[:MAX_DETAILS]
+        )
+        forwarded = 0 if result.envelope is None else len(result.envelope.readings)
+        # most_common keeps first-seen order on ties: the reason met first in the payload wins.
+        reason = counts.most_common(1)[0][0]
+        by_reason = ", ".join(f"{r} {n}" for r, n in counts.most_common())
+        message = f"{counts.total()} rejected ({by_reason}), {forwarded} forwarded; {details[0].message}"
+        raw, message = self._kept(payload, message)
+        dl = DeadLetter(
+            reason,
+            message,
+            "mqtt",
+            topic[:MAX_ORIGIN_CHARS],
+            raw,
+            received_us,
+            self._bridge_id,
+            result.device_id,
+            RejectedReadings(dict(counts), forwarded, details),
+        )
+        return Record(self._dlq_topic, result.device_id.encode("utf-8"), encode_dead_letter(dl), 0)
+
     def dead_letter(
         self, reason: str, message: str, topic: str, raw: bytes, received_us: int, device_id: str | None
     ) -> Record:
-        """A dead-letter record (keyed by device id when known)."""
+        """The dead letter of a whole rejected payload (keyed by device id when known)."""
         self._rejected[reason] += 1
-        dl = DeadLetter(reason, message, "mqtt", topic, raw, received_us, self._bridge_id, device_id)
+        raw, message = self._kept(raw, message)
+        dl = DeadLetter(
+            reason, message, "mqtt", topic[:MAX_ORIGIN_CHARS], raw, received_us, self._bridge_id, device_id
+        )
         key = device_id.encode("utf-8") if device_id else None
         return Record(self._dlq_topic, key, encode_dead_letter(dl), 0)
+
+    @staticmethod
+    def _kept(raw: bytes, message: str) -> tuple[bytes, str]:
+        """The part of a payload a dead letter keeps (all of it below the cap), and the message saying so."""
+        message = message[:MAX_MESSAGE_CHARS]
+        if len(raw) <= MAX_DEAD_LETTER_PAYLOAD_BYTES:
+            return raw, message
+        kept = raw[:MAX_DEAD_LETTER_PAYLOAD_BYTES]
+        return kept, f"{message}; the dead letter keeps the first {len(kept)} bytes"
 
     def retained(self, topic: str, raw: bytes, received_us: int) -> Record:
         """The ``retained`` dead letter of a broker's stored retained copy; it makes no reading."""
@@ -117,8 +165,10 @@ class RecordMaker:
         reason = RejectReason.INTERNAL_ERROR
         self._rejected[reason] += 1
         try:
-            message = repr(exc)[:1_000]
-            dl = DeadLetter(reason, message, "mqtt", topic, raw, received_us, self._bridge_id)
+            kept, message = self._kept(raw, repr(exc))
+            dl = DeadLetter(
+                reason, message, "mqtt", topic[:MAX_ORIGIN_CHARS], kept, received_us, self._bridge_id
+            )
             return Record(self._dlq_topic, None, encode_dead_letter(dl), 0)
         except Exception:  # not even that: keep the payload in the plainest form there is
             log.exception("cannot build the dead letter of a message from %r; writing a minimal one", topic)

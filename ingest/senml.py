@@ -34,7 +34,7 @@ from typing import Any, Final
 from core.errors import RejectedPayload
 from core.readings import Reading
 from core.types import RejectReason
-from ingest.validate import ReadingValidator, Rejection, dump_item, reject
+from ingest.validate import ReadingValidator, Rejection, reject
 
 MAX_SENML_VERSION: Final = 10
 RELATIVE_TIME_LIMIT: Final = 2**28
@@ -161,9 +161,7 @@ def resolve_pack(
     for index, rec in enumerate(pack):
         if type(rec) is not dict:
             rejections.append(
-                Rejection(
-                    RejectReason.SENML_INVALID.value, f"record {index}: not an object", index, dump_item(rec)
-                )
+                Rejection(RejectReason.SENML_INVALID.value, f"record {index}: not an object", index, rec)
             )
             continue
         if not _BASE_FIELDS.isdisjoint(rec):
@@ -171,7 +169,7 @@ def resolve_pack(
         try:
             reading = _record(rec, base, device_id, received_us, validator, metrics)
         except RejectedPayload as exc:
-            rejections.append(Rejection(exc.reason, f"record {index}: {exc.message}", index, dump_item(rec)))
+            rejections.append(Rejection(exc.reason, f"record {index}: {exc.message}", index, rec))
             continue
         if reading is not None:
             readings.append(reading)

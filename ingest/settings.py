@@ -92,6 +92,12 @@ class BridgeSettings(KafkaSettings, MqttSettings):
         le=65535,
         description="MQTT messages received but not yet acknowledged (also the MQTT 5 Receive Maximum).",
     )
+    max_in_flight_bytes: int = Field(
+        67_108_864,
+        ge=1,
+        description="Bytes of Kafka records (envelopes, dead letters) of unacknowledged messages above "
+        "which the bridge stops reading MQTT until acks bring them below (64 MiB; one message above passes).",
+    )
     max_payload_bytes: int = Field(
         262_144, ge=1, description="Payloads larger than this are dead-lettered without parsing."
     )

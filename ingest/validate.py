@@ -51,8 +51,14 @@ class Rejection:
     message: str
     index: int
     """Position of the reading in the batch or of the record in the SenML pack."""
-    item: bytes
-    """The rejected reading or record as compact JSON."""
+    parsed: Any
+    """The rejected reading or record as parsed: serialised only on demand (:attr:`item`), because a
+    message may hold thousands of rejected readings and its dead letter carries the payload instead."""
+
+    @property
+    def item(self) -> bytes:
+        """The rejected reading or record as compact JSON."""
+        return dump_item(self.parsed)
 
 
 def dump_item(item: Any) -> bytes:

@@ -211,7 +211,9 @@ class Truth:
             },
             "shapes": dict(sorted(self.shapes.items())),
             "malformed": dict(sorted(self.malformed.items())),
-            # Each malformed payload is built to become exactly one dead letter, for its reason.
+            # Each malformed payload is built to become exactly one dead letter standing for one
+            # rejection of its reason: these counts equal the bridge's rejected{reason} counters and the
+            # sum of the dead letters' rejections() (a dead letter counts each rejected reading).
             "dead_letters": dict(sorted(self.malformed.items())),
             "readings": {
                 "total": self.readings,

@@ -237,7 +237,10 @@
     drawBars($("chart-dead-letters"), d.by_reason.map((r) => ({ label: r.reason, value: r.count })));
     fillRows($("dlq-latest").tBodies[0], d.latest.map((r) => {
       const payload = el("td", r.excerpt, "excerpt");
-      payload.title = `${r.payload_bytes} bytes; ${r.message}`;
+      const readings = r.rejected_readings
+        ? `; rejected readings: ${Object.entries(r.rejected_readings).map(([k, n]) => `${k} ${n}`).join(", ")}`
+        : "";
+      payload.title = `${r.payload_bytes} bytes; ${r.message}${readings}`;
       const where = el("td", r.device_id || r.origin, "origin");
       where.title = r.origin;
       return [time(r.received_at), r.reason, where, r.component_id || "–", payload];

@@ -104,6 +104,11 @@ class DeadLetterSample(BaseModel):
         description="The start of the rejected payload as text (untrusted: escape it before display)."
     )
     payload_bytes: int
+    rejected_readings: dict[str, int] | None = Field(
+        None,
+        description="When only some readings of the payload were rejected: all of them, by reason (the "
+        "record's `reason` is the most frequent); null when the whole payload or record was rejected.",
+    )
 
 
 class DeadLetters(BaseModel):

@@ -207,6 +207,7 @@ def dead_letter_sample(topic: str, record: TailRecord) -> DeadLetterSample:
         component_id=dl.component_id,
         excerpt=excerpt(dl.raw),
         payload_bytes=len(dl.raw),
+        rejected_readings=None if dl.readings is None else dict(dl.readings.rejected),
     )
 
 

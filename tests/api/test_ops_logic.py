@@ -10,12 +10,14 @@ from pydantic import ValidationError
 
 from api.ops.config import ComponentTarget, parse_target
 from api.ops.http import MAX_BYTES, http_get, probe_client
+from api.ops.kafka import TailRecord
 from api.ops.lag import build_lag, unsettled_warning
-from api.ops.overview import excerpt
+from api.ops.overview import dead_letter_sample, excerpt
 from api.ops.prom import parse_metrics
 from api.ops.rates import RateTracker, counter_delta, rates_between
 from api.settings import ApiSettings
 from consumers.metrics import ConsumerMetrics
+from core.deadletter import DeadLetter, RejectedItem, RejectedReadings
 from ingest.metrics import BridgeStats, build_registry, render
 
 
@@ -175,3 +177,21 @@ def test_lag_names_partitions_whose_end_may_be_low() -> None:
     assert warning.startswith("end offsets of readings/1, readings/4 may be low")
     lag = build_lag([], {("readings", 1): 5}, warning)
     assert lag.warning == warning
+
+
+def test_a_dead_letter_of_rejected_readings_shows_them_by_reason() -> None:
+    readings = RejectedReadings(
+        {"unknown_metric": 9000, "non_numeric_value": 38},
+        2,
+        (RejectedItem(0, "unknown_metric", "reading 0: x"),),
+    )
+    dl = DeadLetter(
+        "unknown_metric", "9038 rejected", "mqtt", "city/water/d/telemetry", b"{}", 1, "b-1", "d", readings
+    )
+    sample = dead_letter_sample("readings.dlq", TailRecord(0, 7, 1_000, dl, b""))
+    assert (sample.reason, sample.rejected_readings) == (
+        "unknown_metric",
+        {"unknown_metric": 9000, "non_numeric_value": 38},
+    )
+    whole = DeadLetter("invalid_json", "not JSON", "mqtt", "city/water/d/telemetry", b"{", 1, "b-1", "d")
+    assert dead_letter_sample("readings.dlq", TailRecord(0, 8, 1_000, whole, b"")).rejected_readings is None

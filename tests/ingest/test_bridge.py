@@ -154,7 +154,11 @@ async def test_bad_traffic_is_dead_lettered_with_its_reason(
     assert by_reason["invalid_json"].origin == water
     assert by_reason["invalid_json"].device_id == "w-1"
     assert by_reason["unknown_domain"].origin == f"{mqtt_prefix}/gas/g-1/telemetry"
-    assert orjson.loads(by_reason["unknown_metric"].raw) == {"metric": "nope", "value": 2}
+    # The rejected reading's dead letter carries its whole message once, the reading named by index.
+    assert orjson.loads(by_reason["unknown_metric"].raw) == mixed
+    mixed_readings = by_reason["unknown_metric"].readings
+    assert mixed_readings is not None
+    assert (mixed_readings.forwarded, [d.index for d in mixed_readings.details]) == (1, [1])
     assert readings.values() == [1.0]
 
 

@@ -7,12 +7,22 @@ from collections import Counter
 import orjson
 import pytest
 
+from bench.deadletters import invalid_batch
 from core.catalogue import load_catalogue
-from core.deadletter import decode_dead_letter
+from core.deadletter import RejectedItem, RejectedReadings, decode_dead_letter, encode_dead_letter
 from core.readings import decode_envelope
 from core.types import RejectReason
 from ingest.parse import ParseResult, PayloadParser
-from ingest.records import MAX_READINGS_PER_RECORD, RecordMaker, minimal_dead_letter
+from ingest.records import (
+    MAX_DEAD_LETTER_PAYLOAD_BYTES,
+    MAX_DETAIL_CHARS,
+    MAX_DETAILS,
+    MAX_MESSAGE_CHARS,
+    MAX_ORIGIN_CHARS,
+    MAX_READINGS_PER_RECORD,
+    RecordMaker,
+    minimal_dead_letter,
+)
 
 NOW_US = 1_795_000_000_000_000
 TOPIC = "city/power/m-1/telemetry"
@@ -49,17 +59,142 @@ def test_huge_pack_is_split_into_records_of_bounded_size() -> None:
     assert max(len(r.value) for r in records) < 1_000_000
 
 
-def test_rejections_follow_the_envelope_and_are_counted() -> None:
+def test_rejections_follow_the_envelope_as_one_dead_letter_and_are_counted() -> None:
+    # Was one dead letter per rejected reading (issue 12, point 3): now one per message, counting each.
     rejected: Counter[str] = Counter()
-    payload = {"readings": [{"metric": "voltage", "value": 1}, {"metric": "x", "value": 1}, {"value": 2}]}
-    records = maker(rejected=rejected).records(orjson.dumps(payload), TOPIC, NOW_US)
-    assert [r.topic for r in records] == ["readings", "readings.dlq", "readings.dlq"]
-    letters = [decode_dead_letter(r.value) for r in records[1:]]
-    assert [dl.reason for dl in letters] == ["unknown_metric", "missing_field"]
-    assert [dl.device_id for dl in letters] == ["m-1", "m-1"]
-    assert [r.key for r in records[1:]] == [b"m-1", b"m-1"]
-    assert orjson.loads(letters[1].raw) == {"value": 2}
-    assert rejected == Counter({"unknown_metric": 1, "missing_field": 1})
+    payload = orjson.dumps(
+        {"readings": [{"metric": "voltage", "value": 1}, {"metric": "x", "value": 1}, {"value": 2}]}
+    )
+    records = maker(rejected=rejected).records(payload, TOPIC, NOW_US)
+    assert [r.topic for r in records] == ["readings", "readings.dlq"]
+    assert [r.key for r in records] == [b"m-1", b"m-1"]
+    dl = decode_dead_letter(records[1].value)
+    assert (dl.device_id, dl.origin, dl.raw, dl.received_us) == ("m-1", TOPIC, payload, NOW_US)
+    assert dl.readings == RejectedReadings(
+        {"unknown_metric": 1, "missing_field": 1},
+        1,
+        (
+            RejectedItem(1, "unknown_metric", "reading 1: metric 'x' is not in the catalogue"),
+            RejectedItem(2, "missing_field", "reading 2: reading has no 'metric' string"),
+        ),
+    )
+    assert dl.reason == "unknown_metric"  # a tie: the reason met first in the payload
+    assert dl.message == (
+        "2 rejected (unknown_metric 1, missing_field 1), 1 forwarded; "
+        "reading 1: metric 'x' is not in the catalogue"
+    )
+    assert dl.rejections() == rejected == Counter({"unknown_metric": 1, "missing_field": 1})
+
+
+def test_thousands_of_rejected_readings_are_one_bounded_dead_letter_counting_all() -> None:
+    rejected: Counter[str] = Counter()
+    payload, expected = invalid_batch([1.0])
+    records = maker(rejected=rejected).records(payload, TOPIC.replace("power", "water"), NOW_US)
+    assert [(r.topic, r.readings) for r in records] == [("readings", 1), ("readings.dlq", 0)]
+    assert expected.total() > 9_000
+    dl = decode_dead_letter(records[1].value)
+    assert dl.rejections() == expected == rejected
+    assert dl.readings is not None
+    assert dl.readings.total == expected.total()
+    assert [d.index for d in dl.readings.details] == list(range(1, MAX_DETAILS + 1))
+    assert dl.raw == payload
+    assert len(records[1].value) < 2 * len(payload) + 50_000
+
+
+def test_the_most_frequent_reason_names_the_dead_letter() -> None:
+    pack = [
+        {"n": "voltage", "vs": "x"},
+        {"n": "nope", "v": 1},
+        {"n": "nope", "v": 2},
+        {"n": "voltage", "v": 1},
+    ]
+    (env, record) = maker().records(orjson.dumps(pack), TOPIC, NOW_US)
+    dl = decode_dead_letter(record.value)
+    assert (env.readings, dl.reason) == (1, "unknown_metric")
+    assert dl.message.startswith(
+        "3 rejected (unknown_metric 2, non_numeric_value 1), 1 forwarded; record 0: "
+    )
+    assert dl.readings is not None
+    assert [d.index for d in dl.readings.details] == [0, 1, 2]
+
+
+def test_a_message_of_only_rejected_readings_is_one_dead_letter_and_no_envelope() -> None:
+    (record,) = maker().records(
+        orjson.dumps({"readings": [{"metric": "voltage", "value": "1"}]}), TOPIC, NOW_US
+    )
+    dl = decode_dead_letter(record.value)
+    assert (dl.reason, dl.rejections()) == ("non_numeric_value", Counter({"non_numeric_value": 1}))
+    assert dl.readings is not None
+    assert dl.readings.forwarded == 0
+
+
+def test_detail_messages_are_short() -> None:
+    payload = orjson.dumps({"readings": [{"metric": "voltage", "value": 1, "unit": "u" * 5000}]})
+    (record,) = maker().records(payload, TOPIC, NOW_US)
+    dl = decode_dead_letter(record.value)
+    assert dl.readings is not None
+    assert all(len(d.message) <= MAX_DETAIL_CHARS for d in dl.readings.details)
+    assert dl.raw == payload
+
+
+@pytest.mark.parametrize("fill", [b"\x01", b'"', "\u00e9".encode()])
+def test_every_dead_letter_fits_a_kafka_record(fill: bytes) -> None:
+    """Whatever the payload's characters and the configured payload limit, and a topic of any length."""
+    huge = 2_000_000
+    payload = fill * (huge // len(fill))
+    topic = "city/water/" + "t" * 70_000
+    (record,) = maker(max_bytes=huge).records(payload, topic, NOW_US)
+    dl = decode_dead_letter(record.value)
+    assert len(record.value) < 1_000_000
+    assert dl.raw == payload[:MAX_DEAD_LETTER_PAYLOAD_BYTES]
+    assert len(dl.origin) == MAX_ORIGIN_CHARS
+    rows = [{"metric": "voltage", "value": 1, "unit": fill.decode() * 150} for _ in range(1_500)]
+    batch = orjson.dumps({"readings": rows})
+    assert MAX_DEAD_LETTER_PAYLOAD_BYTES < len(batch) < huge
+    (record,) = maker(max_bytes=huge).records(batch, TOPIC, NOW_US)
+    assert len(record.value) < 1_000_000
+    dl = decode_dead_letter(record.value)
+    assert dl.raw == batch[:MAX_DEAD_LETTER_PAYLOAD_BYTES]
+    assert f"keeps the first {MAX_DEAD_LETTER_PAYLOAD_BYTES} bytes" in dl.message
+    assert dl.rejections() == Counter({"unit_mismatch": 1_500})
+
+
+def test_control_characters_are_kept_as_base64_text_otherwise() -> None:
+    raw = b"\x01\x02\x03\x04 not json"
+    (record,) = maker().records(raw, TOPIC, NOW_US)
+    assert orjson.loads(record.value)["payload_encoding"] == "base64"
+    assert decode_dead_letter(record.value).raw == raw
+    (record,) = maker().records(b'{"a": "\xc3\xa9"', TOPIC, NOW_US)
+    assert orjson.loads(record.value)["payload_encoding"] == "utf-8"
+
+
+def test_version_1_dead_letters_are_still_read() -> None:
+    v1 = {
+        "v": 1,
+        "reason": "unknown_metric",
+        "message": "reading 3: metric 'flux' is not in the catalogue",
+        "source": "mqtt",
+        "origin": "city/water/meter-0042/telemetry",
+        "device": "meter-0042",
+        "payload": '{"metric":"flux","value":1}',
+        "payload_encoding": "utf-8",
+        "received": 1795341600123456,
+        "component": "bridge-host-1234",
+    }
+    dl = decode_dead_letter(orjson.dumps(v1))
+    assert (dl.reason, dl.raw, dl.readings) == ("unknown_metric", b'{"metric":"flux","value":1}', None)
+    assert dl.rejections() == Counter({"unknown_metric": 1})
+    with pytest.raises(ValueError, match="version 3"):
+        decode_dead_letter(orjson.dumps({**v1, "v": 3}))
+
+
+def test_a_whole_payload_dead_letter_round_trips_with_no_readings() -> None:
+    (record,) = maker().records(b"{not json", TOPIC, NOW_US)
+    doc = orjson.loads(record.value)
+    assert (doc["v"], doc["readings"]) == (2, None)
+    dl = decode_dead_letter(record.value)
+    assert encode_dead_letter(dl) == record.value
+    assert dl.rejections() == Counter({"invalid_json": 1})
 
 
 def test_payload_rejection_keeps_the_raw_payload_and_topic() -> None:
@@ -105,3 +240,17 @@ def test_minimal_dead_letter_decodes_whatever_it_was_given() -> None:
     assert (dl.reason, dl.raw, dl.received_us, dl.source) == ("internal_error", raw, NOW_US, "mqtt")
     assert (dl.message, dl.component_id) == ('a "bug"\n', "b-\u00e9")
     assert dl.origin == "city/water/\\udcff/telemetry"
+
+
+class _LoudParser(PayloadParser):
+    def parse(self, payload: bytes, topic: str, received_us: int) -> ParseResult:  # noqa: ARG002
+        raise ValueError("\x01" * 100_000)
+
+
+def test_a_huge_error_message_is_cut_in_the_dead_letter() -> None:
+    parser = _LoudParser(load_catalogue(), bridge_id="b-1")
+    (record,) = maker(parser).records(b"{}", TOPIC, NOW_US)
+    dl = decode_dead_letter(record.value)
+    assert dl.reason == RejectReason.INTERNAL_ERROR.value
+    assert len(dl.message) == MAX_MESSAGE_CHARS
+    assert len(record.value) < 10_000

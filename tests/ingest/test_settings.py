@@ -10,10 +10,16 @@ from ingest.settings import BridgeSettings
 
 
 def test_defaults_follow_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CITYINGEST_MAX_PAYLOAD_BYTES", "CITYINGEST_MAX_FUTURE_SKEW_S", "CITYINGEST_DOMAINS"):
+    for name in (
+        "CITYINGEST_MAX_PAYLOAD_BYTES",
+        "CITYINGEST_MAX_FUTURE_SKEW_S",
+        "CITYINGEST_DOMAINS",
+        "CITYINGEST_MAX_IN_FLIGHT_BYTES",
+    ):
         monkeypatch.delenv(name, raising=False)
     settings = BridgeSettings()
     assert settings.max_payload_bytes == 256 * 1024
+    assert settings.max_in_flight_bytes == 64 * 1024 * 1024
     assert settings.max_future_skew_s == 300
     assert settings.domains == DEFAULT_DOMAINS
     assert settings.readings_topic == "readings"
@@ -30,16 +36,24 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CITYINGEST_DOMAINS", "water, power")
     monkeypatch.setenv("CITYINGEST_KAFKA_IDEMPOTENCE", "false")
     monkeypatch.setenv("CITYINGEST_MAX_IN_FLIGHT", "64")
+    monkeypatch.setenv("CITYINGEST_MAX_IN_FLIGHT_BYTES", "1000000")
     settings = BridgeSettings()
     assert settings.shared_group == "bridges"
     assert settings.domains == ("water", "power")
     assert settings.kafka_idempotence is False
     assert settings.max_in_flight == 64
+    assert settings.max_in_flight_bytes == 1_000_000
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_in_flight", 0), ("max_in_flight", 70_000), ("max_payload_bytes", 0), ("ack_stall_s", 0)],
+    [
+        ("max_in_flight", 0),
+        ("max_in_flight", 70_000),
+        ("max_payload_bytes", 0),
+        ("ack_stall_s", 0),
+        ("max_in_flight_bytes", 0),
+    ],
 )
 def test_invalid_values_are_refused(field: str, value: int) -> None:
     with pytest.raises(pydantic.ValidationError):

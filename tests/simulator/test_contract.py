@@ -159,7 +159,10 @@ def test_the_bridge_output_matches_the_truth(
         records.extend(maker.records(message.payload, message.topic, _received(message)))
     doc = truth.to_dict()
     dead = [decode_dead_letter(r.value) for r in records if r.topic == DLQ_TOPIC]
-    assert dict(Counter(d.reason for d in dead)) == doc["dead_letters"] == dict(rejected)
+    # One dead letter per malformed message, each standing for one rejection of the truth's reason.
+    assert len(dead) == doc["messages"]["malformed"]
+    assert dict(sum((d.rejections() for d in dead), Counter[str]())) == doc["dead_letters"] == dict(rejected)
+    assert dict(Counter(d.reason for d in dead)) == doc["dead_letters"]
     stored = _stored([r for r in records if r.topic == READINGS_TOPIC])
     assert len(stored) == doc["readings"]["total"]
     per_metric: dict[str, list[Reading]] = {}
