@@ -19,6 +19,7 @@ from typing import Any, Final, Literal
 import asyncpg
 
 from api.storeerrors import translated
+from core.types import ROLLUP_TABLES
 
 Pool = asyncpg.Pool
 Record = asyncpg.Record
@@ -27,9 +28,9 @@ GroupColumn = Literal["district", "domain", "provenance"]
 GROUP_COLUMNS: Final[tuple[GroupColumn, ...]] = ("district", "domain", "provenance")
 
 _ROLLUP_TABLE: Final[dict[RollupBucket, str]] = {
-    "1h": "readings_hourly",
-    "1d": "readings_daily",
-    "1mo": "readings_monthly",
+    "1h": ROLLUP_TABLES["hourly"],
+    "1d": ROLLUP_TABLES["daily"],
+    "1mo": ROLLUP_TABLES["monthly"],
 }
 _DEVICE_COLUMNS: Final = """
     device_id, domain, site, district, lat, lon, provenance, status, expected_interval_s,

@@ -20,10 +20,10 @@ from typing import Any, Final
 import asyncpg
 import httpx
 
-from consumers.rollup import FLAGGED_MASK, LEVELS, ROLLUP_TABLES
+from consumers.rollup import LEVELS
 from core.catalogue import load_catalogue
 from core.readings import from_us, to_us
-from core.types import ReadingFlag
+from core.types import FLAGGED_MASK, ROLLUP_TABLES, ReadingFlag
 
 SeriesKey = tuple[str, str]
 

@@ -20,23 +20,16 @@ bucket) by the increase of ``next`` over the late reading, so late data never do
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Final
 
 from core.readings import from_us, to_us
-from core.types import ReadingFlag
+from core.types import FLAGGED_MASK, RollupLevel
 
-Level = Literal["hourly", "daily", "monthly"]
+Level = RollupLevel
 LEVELS: Final[tuple[Level, ...]] = ("hourly", "daily", "monthly")
-ROLLUP_TABLES: Final[Mapping[Level, str]] = {
-    "hourly": "readings_hourly",
-    "daily": "readings_daily",
-    "monthly": "readings_monthly",
-}
-FLAGGED_MASK: Final = int(ReadingFlag.OUT_OF_RANGE | ReadingFlag.NO_TIMESTAMP)
-"""Flags that make a reading count as ``flagged``; UNIT_CONVERTED is information, not a quality issue."""
 
 _HOUR_US: Final = 3_600_000_000
 _DAY_US: Final = 24 * _HOUR_US

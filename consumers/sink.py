@@ -22,7 +22,8 @@ from asyncpg.pool import PoolConnectionProxy
 
 from consumers.applied import Applied
 from consumers.batch import Partition, PreparedBatch
-from consumers.rollup import FLAGGED_MASK, ROLLUP_TABLES, Level
+from consumers.rollup import Level
+from core.types import FLAGGED_MASK, ROLLUP_TABLES
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any, Final
 import orjson
 
 from core.errors import EnvelopeError
-from core.types import ReadingFlag, RejectReason
+from core.types import VALID_FLAGS, RejectReason
 
 ENVELOPE_VERSION: Final = 1
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -35,9 +35,6 @@ TS_RANGE_TEXT: Final = "1970-01-01T00:00:00Z <= time < 3000-01-01T00:00:00Z"
 def ts_in_range(ts_us: int) -> bool:
     """Whether a reading time is inside the one range every stage (bridge, consumer, store) accepts."""
     return MIN_TS_US <= ts_us < MAX_TS_US
-
-
-_MAX_FLAGS: Final = int(ReadingFlag.OUT_OF_RANGE | ReadingFlag.NO_TIMESTAMP | ReadingFlag.UNIT_CONVERTED)
 
 
 def to_us(ts: datetime) -> int:
@@ -140,7 +137,7 @@ def decode_envelope(raw: bytes | None) -> Envelope:
             raise _fail(f"reading {i}: ts must be integer microseconds")
         if type(value) not in (int, float) or not math.isfinite(value):
             raise _fail(f"reading {i}: value must be a finite number")
-        if type(flags) is not int or flags < 0 or flags & ~_MAX_FLAGS:
+        if type(flags) is not int or flags < 0 or flags & ~VALID_FLAGS:
             raise _fail(f"reading {i}: flags {flags!r} are not valid")
         readings.append(Reading(metric, ts_us, float(value), flags))
     return Envelope(device_id, domain, bridge_id, received, tuple(readings))

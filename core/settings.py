@@ -32,15 +32,20 @@ class CitySettings(BaseSettings):
     log_level: str = Field("INFO", description="Python logging level (DEBUG, INFO, WARNING, ...).")
 
 
-class KafkaSettings(CitySettings):
-    """Where Kafka is and which topics carry readings and dead letters."""
+class TopicSettings(CitySettings):
+    """Which Kafka topics carry readings and dead letters (and how many partitions readings get)."""
 
-    kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers, host:port[,...].")
     readings_topic: str = Field(READINGS_TOPIC, description="Kafka topic of validated readings.")
     dlq_topic: str = Field(DLQ_TOPIC, description="Kafka topic of dead-lettered payloads and records.")
     kafka_partitions: int = Field(
         6, ge=1, description="Partitions of the readings topic when cityingest creates it."
     )
+
+
+class KafkaSettings(TopicSettings):
+    """Where Kafka is and which topics carry readings and dead letters."""
+
+    kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers, host:port[,...].")
 
 
 class DatabaseSettings(CitySettings):

@@ -27,6 +27,12 @@ class DeviceStatus(enum.StrEnum):
     UNREGISTERED = "unregistered"
 
 
+MAX_DEVICE_ID_LENGTH: Final = 128
+"""Longest device id, in characters, that any stage accepts (topic, envelope, store, registry, API)."""
+MAX_NAME_LENGTH: Final = 200
+"""Longest metric or domain name the store accepts (keeps its index entries small)."""
+
+
 class ReadingFlag(enum.IntFlag):
     """Quality flags carried by every reading, from the bridge into the store."""
 
@@ -37,6 +43,20 @@ class ReadingFlag(enum.IntFlag):
     """The device sent no time; the bridge's receive time was used."""
     UNIT_CONVERTED = 4
     """The device sent another unit, converted to the canonical one."""
+
+
+VALID_FLAGS: Final = int(ReadingFlag.OUT_OF_RANGE | ReadingFlag.NO_TIMESTAMP | ReadingFlag.UNIT_CONVERTED)
+"""Every flag bit a reading may carry; any other bit makes a record undecodable."""
+FLAGGED_MASK: Final = int(ReadingFlag.OUT_OF_RANGE | ReadingFlag.NO_TIMESTAMP)
+"""Flags that make a reading count as ``flagged``; UNIT_CONVERTED is information, not a quality issue."""
+
+RollupLevel = Literal["hourly", "daily", "monthly"]
+ROLLUP_TABLES: Final[dict[RollupLevel, str]] = {
+    "hourly": "readings_hourly",
+    "daily": "readings_daily",
+    "monthly": "readings_monthly",
+}
+"""The rollup tables the consumers maintain and the API reads (migrations/0004_rollups.sql)."""
 
 
 class RejectReason(enum.StrEnum):

@@ -15,9 +15,7 @@ from devstack.process import ServiceError
 END_OFFSETS_TIMEOUT_S = 10.0
 
 
-async def total_lag(
-    bootstrap: str, dsn: str, topic: str = "readings", group: str = "cityingest-consumers"
-) -> int:
+async def total_lag(bootstrap: str, dsn: str, topic: str, group: str) -> int:
     """Records in ``topic`` that ``group`` has not applied yet (never negative per partition).
 
     A partition whose real end could not be settled in time counts at least 1: a drain keeps waiting.
@@ -43,7 +41,7 @@ async def total_lag(
     )
 
 
-async def forget_offsets(dsn: str, topic: str = "readings") -> None:
+async def forget_offsets(dsn: str, topic: str) -> None:
     """Drop stored offsets of ``topic``: a fresh in-memory broker starts its offsets at zero again."""
     conn = await asyncpg.connect(dsn)
     try:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from core.settings import CitySettings
+from core.settings import TopicSettings
 
 
-class DevSettings(CitySettings):
+class DevSettings(TopicSettings):
     """Ports, state directory and simulator options of the embedded stack."""
 
     state_dir: Path = Field(Path(".cityingest"), description="Where the stack keeps its data and logs.")
@@ -22,7 +22,6 @@ class DevSettings(CitySettings):
     pg_port: int = Field(
         55432, ge=1, le=65535, description="PostgreSQL port (a free one if the default is busy)."
     )
-    kafka_partitions: int = Field(6, ge=1, description="Partitions of the readings topic.")
     consumers: int = Field(1, ge=1, description="Consumer processes in the consumer group.")
     simulator: bool = Field(True, description="Run the device simulator (--no-simulator to leave it out).")
     simulator_devices: int = Field(120, ge=1, description="Devices the simulator publishes for.")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from api.auth import Scope, parse_key
 from api.keys import create_api_key, key_has_scopes, revoke_api_key
+from consumers.settings import ConsumerSettings
 from core.runtime import Backoff
 from devstack.kafka import ensure_topics
 from devstack.lag import forget_offsets, total_lag
@@ -102,6 +103,12 @@ class DevStack:
         self.client_id_secret_file = self.state / "mqtt-client-id-secret"
         self.watches: list[ServiceWatch] = []
         self._stopping = False
+        # The consumers read their group from the same environment; the drain must ask about that group.
+        self._group = ConsumerSettings().group_id
+
+    def _topics(self) -> dict[str, int]:
+        """The topics the stack creates: readings (partitioned) and dead letters, as configured."""
+        return {self.settings.readings_topic: self.settings.kafka_partitions, self.settings.dlq_topic: 1}
 
     # -- services -----------------------------------------------------------------------------
     def start_services(self) -> None:
@@ -144,10 +151,8 @@ class DevStack:
         # stored by an earlier run would make the consumer skip this run's first records. Nothing is
         # lost by forgetting them: the last run drained Kafka into the store before it stopped, and
         # the store ignores a reading it already holds.
-        await forget_offsets(self.endpoints.database)
-        await ensure_topics(
-            self.endpoints.kafka, {"readings": self.settings.kafka_partitions, "readings.dlq": 1}
-        )
+        await forget_offsets(self.endpoints.database, self.settings.readings_topic)
+        await ensure_topics(self.endpoints.kafka, self._topics())
         self.api_key = await self._dev_key()
 
     async def _dev_key(self) -> str:
@@ -296,11 +301,9 @@ class DevStack:
 
     async def _kafka_replaced(self) -> None:
         """After Tansu died and restarted empty: recreate the topics and restart the consumers from 0."""
-        await ensure_topics(
-            self.endpoints.kafka, {"readings": self.settings.kafka_partitions, "readings.dlq": 1}
-        )
+        await ensure_topics(self.endpoints.kafka, self._topics())
         # The new topics start at offset 0: offsets stored for the dead broker's records would skip them.
-        await forget_offsets(self.endpoints.database)
+        await forget_offsets(self.endpoints.database, self.settings.readings_topic)
         await self._restart(self._component("consumer"))
 
     async def _maybe_rotate_kafka(self) -> None:
@@ -330,10 +333,8 @@ class DevStack:
                 await asyncio.to_thread(comp.proc.stop)
             await asyncio.to_thread(self.kafka.stop)
             await asyncio.to_thread(self.kafka.start)
-            await ensure_topics(
-                self.endpoints.kafka, {"readings": self.settings.kafka_partitions, "readings.dlq": 1}
-            )
-            await forget_offsets(self.endpoints.database)
+            await ensure_topics(self.endpoints.kafka, self._topics())
+            await forget_offsets(self.endpoints.database, self.settings.readings_topic)
             await self._restart(consumers)
         else:
             log.warning("the consumers did not catch up; Tansu keeps its records until the next check")
@@ -353,8 +354,8 @@ class DevStack:
             f"  API         {self.endpoints.api}   docs: {self.endpoints.api}/docs   "
             f"dashboard: {self.endpoints.api}/ops",
             f"  MQTT        {self.endpoints.mqtt}   publish to city/<domain>/<device_id>/telemetry (QoS 1)",
-            f"  Kafka       {self.endpoints.kafka}   topics: readings "
-            f"({self.settings.kafka_partitions} partitions), readings.dlq",
+            f"  Kafka       {self.endpoints.kafka}   topics: {self.settings.readings_topic} "
+            f"({self.settings.kafka_partitions} partitions), {self.settings.dlq_topic}",
             f"  PostgreSQL  {self.endpoints.database}",
         ]
         lines += [f"  {name:<11} {url}" for name, url in self.endpoints.extra.items()]
@@ -394,7 +395,9 @@ class DevStack:
         lag: int | None = None
         while time.monotonic() < deadline:
             try:
-                lag = await total_lag(self.endpoints.kafka, self.endpoints.database)
+                lag = await total_lag(
+                    self.endpoints.kafka, self.endpoints.database, self.settings.readings_topic, self._group
+                )
             except ServiceError as exc:
                 log.warning("cannot measure consumer lag: %s", exc)
                 return False

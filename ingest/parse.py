@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
@@ -38,11 +38,9 @@ from core.catalogue import Catalogue
 from core.errors import RejectedPayload
 from core.readings import Envelope, Reading
 from core.topics import TELEMETRY_SUFFIX
-from core.types import DEFAULT_DOMAINS, RejectReason
+from core.types import DEFAULT_DOMAINS, MAX_DEVICE_ID_LENGTH, RejectReason
 from ingest.senml import resolve_pack
 from ingest.validate import ReadingValidator, Rejection, parse_timestamp, reject
-
-MAX_DEVICE_ID_LENGTH: Final = 128
 
 
 @dataclass(frozen=True, slots=True)

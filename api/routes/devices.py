@@ -13,11 +13,11 @@ from api.auth import Principal, Scope, require
 from api.deps import CursorsDep, PoolDep, SettingsDep, utc
 from api.pagination import Cursor, Limit, Page
 from api.problems import Problem
-from core.types import DeviceStatus, Provenance
+from core.types import MAX_DEVICE_ID_LENGTH, DeviceStatus, Provenance
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 
-DeviceId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+DeviceId = Annotated[str, Path(min_length=1, max_length=MAX_DEVICE_ID_LENGTH, pattern=r"^[^\x00]+$")]
 Reader = Annotated[Principal, Depends(require(Scope.METRICS_READ))]
 Writer = Annotated[Principal, Depends(require(Scope.DEVICES_WRITE))]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"

@@ -13,11 +13,10 @@ from api.auth import Principal, Scope, require
 from api.deps import CatalogueDep, CursorsDep, PoolDep, SettingsDep, metric_spec, time_range
 from api.pagination import Cursor, Limit, Page, cursor_time
 from api.problems import Problem
-from core.types import ReadingFlag
+from core.types import FLAGGED_MASK, MAX_DEVICE_ID_LENGTH
 
 router = APIRouter(prefix="/v1", tags=["series"])
 # Same rule as the rollups' ``flagged``: out of range or no device time; a unit conversion is no flaw.
-FLAGGED_MASK = int(ReadingFlag.OUT_OF_RANGE | ReadingFlag.NO_TIMESTAMP)
 Reader = Annotated[Principal, Depends(require(Scope.METRICS_READ))]
 Bucket = Literal["raw", "1h", "1d", "1mo"]
 
@@ -76,7 +75,7 @@ async def series(
     catalogue: CatalogueDep,
     cursors: CursorsDep,
     _: Reader,
-    device_id: Annotated[str, Query(min_length=1, max_length=200)],
+    device_id: Annotated[str, Query(min_length=1, max_length=MAX_DEVICE_ID_LENGTH)],
     metric: Annotated[str, Query(min_length=1, max_length=200)],
     start: Annotated[datetime, Query(description="RFC 3339, inclusive.")],
     end: Annotated[datetime, Query(description="RFC 3339, exclusive.")],

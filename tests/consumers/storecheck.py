@@ -6,8 +6,9 @@ from collections.abc import Iterable
 
 import asyncpg
 
-from consumers.rollup import LEVELS, ROLLUP_TABLES, Bucket, BucketKey, Level, Rollups, StoredReading
+from consumers.rollup import LEVELS, Bucket, BucketKey, Level, Rollups, StoredReading
 from core.readings import to_us
+from core.types import ROLLUP_TABLES
 
 _WIDTH: dict[Level, str] = {"hourly": "1 hour", "daily": "1 day", "monthly": "1 month"}
 
