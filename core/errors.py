@@ -44,7 +44,12 @@ class ServiceUnavailable(CityIngestError):
 
 
 class StoreUnavailable(ServiceUnavailable):
-    """The database cannot be reached or lost its connection."""
+    """The database cannot be reached, lost its connection or is out of a resource; try again later."""
+
+
+class StoreRejectedData(CityIngestError):
+    """The database refused the data it was given (invalid or conflicting values, a limit): the same data
+    would be refused again, so it is dead-lettered instead of retried."""
 
 
 class BrokerUnavailable(ServiceUnavailable):
