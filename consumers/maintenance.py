@@ -10,7 +10,7 @@ import asyncpg
 from consumers.metrics import ConsumerMetrics
 from consumers.sink import drop_old_readings
 from consumers.storeerrors import store_connection
-from core.errors import StoreUnavailable
+from core.errors import StoreRejectedData, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,6 @@ async def retention_loop(
     while True:
         try:
             await run_retention(pool, retention_days, metrics)
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, StoreRejectedData) as exc:
             log.warning("retention could not run, will try again in %ss: %s", interval_s, exc)
         await asyncio.sleep(interval_s)

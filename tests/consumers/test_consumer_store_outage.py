@@ -12,6 +12,7 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from devstack.postgres import PG_BIN, PostgresCluster
@@ -104,3 +105,50 @@ async def test_consumer_process_survives_repeated_database_shutdowns(
     assert sum(0 < n < total for n in at_stop) >= len(modes) - 1, (at_stop, total)
     assert "the store is unavailable" in proc.log()
     await assert_store_is_truth(dsn, envelopes, kafka_bootstrap, kafka_topics.readings, ends)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_consumer_process_survives_its_connections_being_terminated(
+    database_url: str, kafka_bootstrap: str, kafka_topics: KafkaTopics, tmp_path: Path
+) -> None:
+    """The server ends the consumer's sessions mid-batch again and again (``pg_terminate_backend``, as
+    an administrator, a failover or a pooler does): the same FATAL 57P01 as a shutdown, far more often."""
+    rnd = seeded(909)
+    envelopes = make_stream(rnd, devices=30, messages=8_000)
+    env = consumer_env(
+        project_env(),
+        dsn=database_url,
+        bootstrap=kafka_bootstrap,
+        topic=kafka_topics.readings,
+        dlq=kafka_topics.dlq,
+        consumer_id="terminated",
+        batch_max_records="40",
+        batch_max_wait_ms="20",
+        db_retry_max_s="0.2",
+    )
+    proc = ConsumerProcess(env, tmp_path / "consumer.log")
+    producing = asyncio.create_task(
+        produce(kafka_bootstrap, kafka_topics.readings, envelopes, chunk=100, pause_s=0.3)
+    )
+    admin = await asyncpg.connect(database_url)
+    terminated = 0
+    try:
+        proc.start()
+        while not producing.done():
+            terminated += await admin.fetchval(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'cityingest-consumer terminated' AND state = 'active'"
+            )
+            assert proc.exit_code() is None, (terminated, proc.exit_code(), proc.log()[-5000:])
+            await asyncio.sleep(rnd.uniform(0.05, 0.3))
+        ends = await producing
+        await wait_applied(database_url, kafka_topics.readings, ends, within_s=120)
+        assert proc.exit_code() is None, proc.log()[-5000:]
+        assert proc.terminate() == 0, proc.log()[-5000:]
+    finally:
+        producing.cancel()
+        proc.kill()
+        await admin.close()
+    assert terminated >= 20, terminated
+    await assert_store_is_truth(database_url, envelopes, kafka_bootstrap, kafka_topics.readings, ends)
