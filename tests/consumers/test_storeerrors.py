@@ -130,13 +130,17 @@ async def _query_cut_by_the_server(pool: asyncpg.Pool, dsn: str) -> None:
     async with store_connection(pool) as conn, conn.transaction():
         pid = await conn.fetchval("SELECT pg_backend_pid()")
         sleeping = asyncio.ensure_future(conn.execute("SELECT pg_sleep(30)"))
-        other = await asyncpg.connect(dsn)
         try:
-            await asyncio.sleep(0.2)
-            await other.execute("SELECT pg_terminate_backend($1)", pid)
+            other = await asyncpg.connect(dsn)
+            try:
+                await asyncio.sleep(0.2)
+                await other.execute("SELECT pg_terminate_backend($1)", pid)
+            finally:
+                await other.close()
+            await sleeping
         finally:
-            await other.close()
-        await sleeping
+            # The block may end first (the lost connection ends it): the query's error is still read.
+            await asyncio.gather(sleeping, return_exceptions=True)
 
 
 @pytest.mark.integration
@@ -160,27 +164,31 @@ async def test_real_store_errors_through_a_pool_connection(database_url: str) ->
 
 
 async def _copy_while_the_server_dies(pool: asyncpg.Pool) -> None:
-    """A COPY that fills the socket while its server process is stopped, which is then killed."""
+    """A COPY (as a batch is staged) that fills the socket while its server process is stopped; the
+    process is then killed."""
     async with store_connection(pool) as conn:
         await conn.execute("CREATE TEMP TABLE big (a text, b int8, c float8)")
         # Once, so that the COPY below sends rows at once (the table's description is cached).
         await conn.copy_records_to_table("big", records=[("x", 0, 0.0)], schema_name="pg_temp")
         backend = await conn.fetchval("SELECT pg_backend_pid()")
-        os.kill(backend, signal.SIGSTOP)
-        rows = (("x" * 50, i, 0.5) for i in range(5_000_000))
-        copying = asyncio.ensure_future(
-            conn.copy_records_to_table("big", records=rows, schema_name="pg_temp")
-        )
 
         async def waits_to_write() -> bool:
             # asyncpg's flow control: cleared while the socket's buffers are full.
             return not conn._protocol.writing_allowed.is_set()  # type: ignore[attr-defined]
 
+        async def kill_once_the_copy_waits() -> None:
+            try:
+                await eventually(waits_to_write, 30, every_s=0.05)
+            finally:
+                os.kill(backend, signal.SIGKILL)
+
+        os.kill(backend, signal.SIGSTOP)
+        killer = asyncio.ensure_future(kill_once_the_copy_waits())
         try:
-            await eventually(waits_to_write, 30, every_s=0.05)
+            rows = (("x" * 50, i, 0.5) for i in range(5_000_000))
+            await conn.copy_records_to_table("big", records=rows, schema_name="pg_temp")
         finally:
-            os.kill(backend, signal.SIGKILL)
-        await copying
+            await asyncio.gather(killer, return_exceptions=True)
 
 
 @pytest.mark.integration
