@@ -56,4 +56,3 @@ class StoreRejectedData(CityIngestError):
 
 class BrokerUnavailable(ServiceUnavailable):
     """Kafka or the MQTT broker cannot be reached."""
-
