@@ -66,6 +66,13 @@ class ConsumerSettings(KafkaSettings, DatabaseSettings):
     db_retry_max_s: float = Field(
         10.0, gt=0, description="Longest pause between attempts while the database is unavailable."
     )
+    assign_store_wait_s: float = Field(
+        60.0,
+        gt=0,
+        description="How long a consumer given partitions waits for the database to read their stored "
+        "offsets; the whole group waits meanwhile, so past this the consumer exits (status 1) to be "
+        "restarted.",
+    )
     retention_days: float = Field(
         90.0, gt=0, description="Raw readings older than this many days are dropped; rollups are kept."
     )

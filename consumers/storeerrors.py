@@ -40,7 +40,9 @@ _CONFIGURATION_ERRORS: Final = (
 """Interface errors that no retry can cure: the consumer's configuration or the server is wrong."""
 
 
-def _describe(exc: BaseException, sqlstate: str | None = None) -> str:
+def describe(exc: BaseException) -> str:
+    """``Type (SQLSTATE xxxxx): message``, the SQLSTATE when the error has one."""
+    sqlstate: str | None = getattr(exc, "sqlstate", None)
     code = f" (SQLSTATE {sqlstate})" if sqlstate else ""
     return f"{type(exc).__name__}{code}: {exc}"
 
@@ -51,14 +53,14 @@ def translate(exc: BaseException) -> StoreUnavailable | StoreRejectedData | None
         sqlstate: str | None = getattr(exc, "sqlstate", None)
         cls = (sqlstate or "")[:2]
         if cls in _UNAVAILABLE_CLASSES:
-            return StoreUnavailable(_describe(exc, sqlstate))
+            return StoreUnavailable(describe(exc))
         if cls in _DATA_CLASSES:
-            return StoreRejectedData(_describe(exc, sqlstate))
+            return StoreRejectedData(describe(exc))
         return None
     if isinstance(exc, _CONFIGURATION_ERRORS):
         return None
     if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError):
-        return StoreUnavailable(_describe(exc))
+        return StoreUnavailable(describe(exc))
     return None
 
 

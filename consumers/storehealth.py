@@ -5,24 +5,30 @@ from __future__ import annotations
 import logging
 import time
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 from consumers.metrics import ConsumerMetrics
+from consumers.storeerrors import store_connection
+from core.errors import StoreUnavailable
+from core.runtime import Backoff
 
 log = logging.getLogger(__name__)
+
+_PING_SQL = "SELECT count(*) FROM consumer_offsets WHERE false"
 
 
 class StoreHealth:
     """The store's state as the consumer's last attempts saw it; pauses and resumes the fetcher with it."""
 
-    def __init__(self, metrics: ConsumerMetrics) -> None:
+    def __init__(self, metrics: ConsumerMetrics, kafka: AIOKafkaConsumer, retry_max_s: float) -> None:
         self.metrics = metrics
-        self.kafka: AIOKafkaConsumer | None = None
-        """The fetcher to pause while the store is down (set once it exists)."""
+        self._kafka = kafka
         self.ok = False
         self.error: str | None = "no batch applied yet"
         self._down_at = 0.0
         self._warned = False
+        self._ping_backoff = Backoff(min(0.1, retry_max_s), min(1.0, retry_max_s))
 
     def down(self, exc: BaseException) -> None:
         """An attempt failed because the store is unavailable: pause every assigned partition."""
@@ -34,8 +40,7 @@ class StoreHealth:
         self.ok = False
         self._down_at = time.monotonic()
         self.metrics.store_up.set(0)
-        if self.kafka is not None:
-            self.kafka.pause(*self.kafka.assignment())
+        self._kafka.pause(*self._kafka.assignment())
 
     def up(self, attempt_started: float) -> None:
         """An attempt begun at ``attempt_started`` (``time.monotonic()``) succeeded."""
@@ -47,5 +52,17 @@ class StoreHealth:
             self._warned = False
             self.error = None
             self.metrics.store_up.set(1)
-            if self.kafka is not None:
-                self.kafka.resume(*self.kafka.paused())
+            self._kafka.resume(*self._kafka.paused())
+
+    async def ping(self, pool: asyncpg.Pool) -> None:
+        """While nothing is fetched (the partitions are paused), ask the store whether it is back."""
+        attempt = time.monotonic()
+        try:
+            async with store_connection(pool) as conn:
+                await conn.fetchval(_PING_SQL)
+        except StoreUnavailable as exc:
+            self.down(exc)
+            await self._ping_backoff.sleep()
+        else:
+            self._ping_backoff.reset()
+            self.up(attempt)

@@ -102,7 +102,6 @@ class DevStack:
         self.key_file = self.state / "dev-api-key"
         self.client_id_secret_file = self.state / "mqtt-client-id-secret"
         self.watches: list[ServiceWatch] = []
-        self._stopping = False
         # The consumers read their group from the same environment; the drain must ask about that group.
         self._group = ConsumerSettings().group_id
 

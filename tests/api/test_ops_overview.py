@@ -16,15 +16,16 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.app import create_app
 from api.keys import create_api_key
 from api.ops.config import ComponentTarget, parse_target
 from api.routes.ops_dashboard import CONTENT_SECURITY_POLICY
 from api.settings import ApiSettings
-from consumers.http import ProbeServer
 from consumers.metrics import ConsumerMetrics
 from core.deadletter import DeadLetter, encode_dead_letter
+from core.runtime import ProbeServer
 from devstack.process import free_port
 from ingest.http import HealthServer
 from ingest.metrics import BridgeStats, build_registry, render
@@ -67,10 +68,12 @@ async def components() -> AsyncIterator[Components]:
         not_ready_reasons=lambda: [],
     )
     consumer = ProbeServer(
+        "consumer",
         "127.0.0.1",
         0,
-        comps.consumer.render,
-        lambda: (comps.consumer_ready, {} if comps.consumer_ready else {"store": "down"}),
+        metrics=lambda: (comps.consumer.render(), CONTENT_TYPE_LATEST),
+        not_ready_reasons=lambda: [] if comps.consumer_ready else ["store: down"],
+        healthy=lambda: True,
     )
     silent = await asyncio.start_server(_never_answer, "127.0.0.1", 0)
     await bridge.start()
@@ -173,7 +176,7 @@ async def test_overview_of_every_part(
         "dead": "down",
     }
     assert (health["bridge-1"]["kind"], health["consumer-1"]["kind"]) == ("bridge", "consumer")
-    assert '/readyz answered 503: {"store":"down"}' in health["consumer-1"]["detail"]
+    assert "/readyz answered 503: store: down" in health["consumer-1"]["detail"]
     assert health["hung"]["detail"] == "no answer within 0.5 s"
     assert health["dead"]["detail"].startswith("cannot connect: ")
     assert health["dead"]["url"] == f"http://127.0.0.1:{dead_port}/readyz"

@@ -95,7 +95,7 @@ async def wait_applied(dsn: str, topic: str, ends: dict[int, int], within_s: flo
 def consumer_env(
     base: dict[str, str], *, dsn: str, bootstrap: str, topic: str, dlq: str, consumer_id: str, **extra: str
 ) -> dict[str, str]:
-    """Environment of a ``python -m consumers`` process for the test services."""
+    """Environment of a ``cityingest consume`` process for the test services."""
     env = dict(base)
     env.update(
         {
@@ -116,8 +116,12 @@ def consumer_env(
     return env
 
 
+CONSUME_COMMAND: tuple[str, ...] = (sys.executable, "-m", "cli", "consume")
+"""``cityingest consume``, the command docker-compose.yml and deploy/k8s run (their flags are settings)."""
+
+
 class ConsumerProcess:
-    """A ``python -m consumers`` child process with its log in a file."""
+    """A ``cityingest consume`` child process (as compose and Kubernetes run it) with its log in a file."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = env
@@ -127,9 +131,7 @@ class ConsumerProcess:
     def start(self) -> None:
         """Start the process (logs appended to ``log_path``)."""
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "consumers"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
+            self.proc = subprocess.Popen(CONSUME_COMMAND, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup at all, as a crash or an OOM kill."""

@@ -11,10 +11,11 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from consumers.batch import KafkaRecord, PreparedBatch
+from consumers.batch import KafkaRecord
 from consumers.consumer import Consumer
 from consumers.rollup import aggregate
 from consumers.settings import ConsumerSettings
+from consumers.shards import ShardApplier, Shards
 from core.deadletter import decode_dead_letter
 from core.errors import EnvelopeError
 from core.readings import Envelope, decode_envelope, encode_envelope, ts_in_range
@@ -283,15 +284,13 @@ async def test_batches_are_bounded_by_bytes(
     envelopes = make_stream(seeded(31), devices=10, messages=600)
     ends = await produce(kafka_bootstrap, kafka_topics.readings, envelopes)
     fetched: list[int] = []
-    prepare = Consumer._prepare
+    prepare = ShardApplier.prepare
 
-    def spy(
-        self: Consumer, records: Sequence[KafkaRecord]
-    ) -> list[tuple[Sequence[KafkaRecord], PreparedBatch]]:
+    def spy(self: ShardApplier, records: Sequence[KafkaRecord]) -> Shards:
         fetched.append(sum(len(r.value or b"") for r in records))
         return prepare(self, records)
 
-    monkeypatch.setattr(Consumer, "_prepare", spy)
+    monkeypatch.setattr(ShardApplier, "prepare", spy)
     limit = 8192
     settings = settings_for(
         database_url, kafka_bootstrap, kafka_topics, batch_max_bytes=limit, batch_max_records=100_000

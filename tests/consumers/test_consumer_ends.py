@@ -27,7 +27,7 @@ async def test_latest_starts_after_the_last_record(
     async with Consumer(settings) as consumer:
 
         async def assigned() -> bool:
-            return bool(consumer.readiness()[1]["partitions"])
+            return bool(consumer.assigned_partitions)
 
         await eventually(assigned, 30)
         ends = await produce(kafka_bootstrap, topic, readings[300:])

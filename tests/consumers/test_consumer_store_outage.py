@@ -1,4 +1,4 @@
-"""The consumer process (``python -m consumers``, as deployed) through repeated database shutdowns.
+"""The consumer process (``cityingest consume``, as deployed) through repeated database shutdowns.
 
 PostgreSQL is stopped (``pg_ctl stop -m fast`` and ``-m immediate``) again and again while the consumer
 applies batches and restarted a few seconds later: whatever the driver raises when its connections are
