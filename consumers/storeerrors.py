@@ -97,6 +97,7 @@ async def store_connection(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionPr
                     lost.reschedule(loop.time())
 
             conn.add_termination_listener(on_terminated)
+            raw = _raw_connection(conn)
             try:
                 yield conn
             finally:
@@ -104,3 +105,26 @@ async def store_connection(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionPr
                 # A lost connection is detached from its proxy already (and forgot its listeners).
                 with contextlib.suppress(asyncpg.InterfaceError):
                     conn.remove_termination_listener(on_terminated)
+                if lost.expired():
+                    _end_stray_cancel_requests(raw)
+
+
+def _raw_connection(conn: PoolConnectionProxy) -> object:
+    # The proxy forgets its connection once that is lost; keep it to clean up after it (below).
+    return getattr(conn, "_con", None)
+
+
+def _end_stray_cancel_requests(raw: object) -> None:
+    """End the CancelRequest task asyncpg starts for the command we cut off after its connection was lost.
+
+    asyncpg cleans up a lost connection's cancel tasks when it learns of the loss, which is before our
+    timeout cuts the command off; the cancel task that cutting starts then waits for an answer that never
+    comes, and is destroyed pending when the connection is collected. (asyncpg private state, read
+    defensively: a release without it has nothing to end.)
+    """
+    tasks = getattr(raw, "_cancellations", None)
+    if not isinstance(tasks, set):
+        return
+    for task in list(tasks):
+        if isinstance(task, asyncio.Task) and not task.done():
+            task.cancel()
