@@ -126,9 +126,9 @@ class PreparedBatch:
 
 def _check_text(value: str, what: str) -> None:
     if len(value) > MAX_ID_CHARS:
-        raise EnvelopeError(RejectReason.ENVELOPE_UNDECODABLE.value, f"{what} is longer than {MAX_ID_CHARS}")
+        raise EnvelopeError(RejectReason.ENVELOPE_UNDECODABLE, f"{what} is longer than {MAX_ID_CHARS}")
     if "\x00" in value:
-        raise EnvelopeError(RejectReason.ENVELOPE_UNDECODABLE.value, f"{what} contains a NUL character")
+        raise EnvelopeError(RejectReason.ENVELOPE_UNDECODABLE, f"{what} contains a NUL character")
 
 
 def check_storable(env: Envelope) -> None:
@@ -139,7 +139,7 @@ def check_storable(env: Envelope) -> None:
         _check_text(r.metric, f"metric {r.metric[:40]!r}")
         if not MIN_TS_US <= r.ts_us < MAX_TS_US:
             raise EnvelopeError(
-                RejectReason.BAD_TIMESTAMP.value, f"reading time {r.ts_us} µs is outside 1970..3000"
+                RejectReason.BAD_TIMESTAMP, f"reading time {r.ts_us} µs is outside 1970..3000"
             )
 
 

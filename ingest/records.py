@@ -21,6 +21,7 @@ from typing import Final
 from core.deadletter import DeadLetter, RejectedItem, RejectedReadings, encode_dead_letter
 from core.errors import RejectedPayload
 from core.readings import Envelope, encode_envelope
+from core.runtime import Backoff
 from core.types import RejectReason
 from ingest.parse import ParseResult, PayloadParser
 
@@ -41,12 +42,15 @@ plus at most ~100 KB of details, message and origin, so a dead letter stays unde
 class Record:
     """One Kafka record made from an MQTT message, and its delivery state."""
 
-    __slots__ = ("attempts", "failed", "key", "readings", "topic", "value")
+    __slots__ = ("backoff", "failed", "key", "readings", "refused_substitute", "topic", "value")
 
     def __init__(self, topic: str, key: bytes | None, value: bytes, readings: int) -> None:
         self.topic, self.key, self.value, self.readings = topic, key, value, readings
         self.failed = False
-        self.attempts = 0
+        self.backoff: Backoff | None = None
+        """The retry delays of this record, from its first retriable failure on."""
+        self.refused_substitute = False
+        """Whether this is the dead letter of a record Kafka refused for good."""
 
 
 class RecordMaker:
@@ -159,6 +163,20 @@ class RecordMaker:
         return self.dead_letter(
             RejectReason.RETAINED, message, topic, raw, received_us, self._parser.device_of(topic)
         )
+
+    def refused(self, record: Record, why: str, topic: str, received_us: int, keep_bytes: int) -> Record:
+        """The ``record_too_large`` dead letter of a record Kafka refused for good; it keeps the record's
+        first ``keep_bytes`` (the readings it carried are lost, and the message says so)."""
+        raw = record.value[:keep_bytes]
+        device = record.key.decode("utf-8", "replace") if record.key else None
+        message = (
+            f"Kafka refused a {len(record.value)}-byte record for {record.topic} ({why}); "
+            f"its {record.readings} readings are not forwarded; "
+            f"the dead letter keeps its first {len(raw)} bytes"
+        )
+        letter = self.dead_letter(RejectReason.RECORD_TOO_LARGE, message, topic, raw, received_us, device)
+        letter.refused_substitute = True
+        return letter
 
     def internal_error(self, exc: BaseException, topic: str, raw: bytes, received_us: int) -> Record:
         """The ``internal_error`` dead letter of a message a bug of ours failed on; never raises."""
