@@ -43,7 +43,7 @@ from ingest.memory import fix_mmap_threshold
 from ingest.metrics import CONTENT_TYPE, BridgeStats, build_registry, render
 from ingest.mqtt import MqttSource
 from ingest.parse import PayloadParser
-from ingest.records import Record, RecordMaker
+from ingest.records import RecordMaker
 from ingest.sender import KafkaSender, Message
 from ingest.settings import BridgeSettings
 
@@ -181,10 +181,11 @@ class Bridge:
         if self._state is not State.NEW:
             raise RuntimeError(f"bridge {self.settings.bridge_id} cannot start: it is {self._state.value}")
         self._state = State.STARTING
-        self._mqtt = MqttSource(self.settings, self._on_message, self.stats)
         try:
+            self._mqtt = MqttSource(self.settings, self._on_message, self.stats)
             await self._probes.start()
-        except BaseException:
+        except BaseException as exc:
+            self._failure = exc
             self._state = State.FAILED
             raise
         self._run_task = asyncio.create_task(self._run(), name=f"bridge-{self.settings.bridge_id}")
@@ -221,14 +222,16 @@ class Bridge:
         try:
             await self._disconnect()
         finally:
-            with contextlib.suppress(TimeoutError, KafkaError):
-                if self._producer is not None:
-                    async with asyncio.timeout(_DRAIN_TIMEOUT_S):
-                        await self._producer.stop()
-            await self._probes.stop()
-            if self._state is not State.FAILED:
-                self._state = State.STOPPED
-            log.info("bridge %s stopped", self.settings.bridge_id)
+            try:  # whatever failed above, nothing is left open
+                with contextlib.suppress(TimeoutError, KafkaError):
+                    if self._producer is not None:
+                        async with asyncio.timeout(_DRAIN_TIMEOUT_S):
+                            await self._producer.stop()
+            finally:
+                await self._probes.stop()
+                if self._state is not State.FAILED:
+                    self._state = State.STOPPED
+                log.info("bridge %s stopped", self.settings.bridge_id)
 
     async def _disconnect(self) -> None:
         """Let Kafka take what it can (bounded), close MQTT, then end the run task."""
@@ -308,26 +311,8 @@ class Bridge:
         if sender is None:  # unreachable: MQTT connects after the sender exists
             raise RuntimeError("bridge not started")
         self.stats.messages_received += 1
-        topic, records = self._records(message, received_us)
+        topic, records = self._maker.of_message(message, received_us)
         sender.submit(Message(message.mid, message.qos, generation, topic, received_us, records))
-
-    def _records(self, message: paho.MQTTMessage, received_us: int) -> tuple[str, list[Record]]:
-        """The topic and records of one message. Never raises: whatever fails is dead-lettered as
-        internal_error, so the message is acknowledged like any other and never blocks the ones behind it."""
-        maker = self._maker
-        topic, raw = "", b""
-        try:
-            raw = bytes(message.payload)
-            try:
-                topic = message.topic
-            except UnicodeDecodeError:  # brokers refuse such topics; never trust that
-                topic = message._topic.decode("utf-8", "replace")
-            if message.retain:
-                return topic, [maker.retained(topic, raw, received_us)]
-            return topic, maker.records(raw, topic, received_us)
-        except Exception as exc:
-            log.exception("handling a message from %r failed; dead-lettering it as internal_error", topic)
-            return topic, [maker.internal_error(exc, topic, raw, received_us)]
 
 
 async def serve(settings: BridgeSettings) -> None:

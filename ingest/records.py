@@ -16,7 +16,7 @@ import base64
 import json
 import logging
 from collections import Counter
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from core.deadletter import DeadLetter, RejectedItem, RejectedReadings, encode_dead_letter
 from core.errors import RejectedPayload
@@ -24,6 +24,9 @@ from core.readings import Envelope, encode_envelope
 from core.runtime import Backoff
 from core.types import RejectReason
 from ingest.parse import ParseResult, PayloadParser
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as paho
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,23 @@ class RecordMaker:
         self._dlq_topic = dlq_topic
         self._max_payload_bytes = max_payload_bytes
         self._rejected = rejected
+
+    def of_message(self, message: paho.MQTTMessage, received_us: int) -> tuple[str, list[Record]]:
+        """The topic and records of one MQTT message. Never raises: whatever fails is dead-lettered as
+        internal_error, so the message is acknowledged like any other and never blocks the ones behind it."""
+        topic, raw = "", b""
+        try:
+            raw = bytes(message.payload)
+            try:
+                topic = message.topic
+            except UnicodeDecodeError:  # brokers refuse such topics; never trust that
+                topic = message._topic.decode("utf-8", "replace")
+            if message.retain:
+                return topic, [self.retained(topic, raw, received_us)]
+            return topic, self.records(raw, topic, received_us)
+        except Exception as exc:
+            log.exception("handling a message from %r failed; dead-lettering it as internal_error", topic)
+            return topic, [self.internal_error(exc, topic, raw, received_us)]
 
     def records(self, payload: bytes, topic: str, received_us: int) -> list[Record]:
         """The records of one message; never raises."""

@@ -20,7 +20,7 @@ from typing import Final, Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from core.errors import BrokerRejectedRecord, CityIngestError
+from core.errors import BrokerRejectedRecord, BrokerUnavailable, CityIngestError
 from core.runtime import Backoff
 from ingest.kafka import RETRY_BACKOFF_MAX_S, max_request_bytes, translate
 from ingest.metrics import BridgeStats
@@ -168,7 +168,8 @@ class KafkaSender:
         future.add_done_callback(functools.partial(self._delivered, msg, record))
 
     def _delivered(self, msg: Message, record: Record, future: asyncio.Future[object]) -> None:
-        exc = KafkaError("send cancelled") if future.cancelled() else future.exception()
+        # A send is cancelled only when the producer stops: retriable, like any outage.
+        exc = BrokerUnavailable("the send was cancelled") if future.cancelled() else future.exception()
         if exc is not None:
             self._failed(msg, record, exc)
             return
