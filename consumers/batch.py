@@ -1,8 +1,8 @@
 """Turn a list of Kafka records into what one database transaction applies, without I/O.
 
-Every record either contributes readings or becomes a dead letter: anything the store would refuse
-(NUL characters, absurd timestamps, oversized identifiers) is caught here, so a poison record can never
-make the batch fail again and again.
+Every reading is either in the batch or in a dead letter: anything the store would refuse (NUL
+characters, absurd timestamps, oversized identifiers) is caught here, so a poison record can never make
+the batch fail again and again. A fault of one reading dead-letters that reading, never its neighbours.
 """
 
 from __future__ import annotations
@@ -11,19 +11,15 @@ import math
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Protocol
 
 import orjson
 
+from consumers.storable import reading_dead_letters, split_storable
 from core.deadletter import DeadLetter
 from core.errors import EnvelopeError
-from core.readings import ENVELOPE_VERSION, MAX_TS_US, MIN_TS_US, Envelope, decode_envelope
-from core.types import ReadingFlag, RejectReason
-
-MAX_ID_CHARS: Final = 200
-"""Longest device id, metric or domain the store accepts (keeps index entries small)."""
-
-_FLAG_BITS: Final = int(ReadingFlag.OUT_OF_RANGE | ReadingFlag.NO_TIMESTAMP | ReadingFlag.UNIT_CONVERTED)
+from core.readings import ENVELOPE_VERSION, MAX_TS_US, MIN_TS_US, decode_envelope
+from core.types import MAX_DEVICE_ID_LENGTH, MAX_NAME_LENGTH, VALID_FLAGS
 
 Partition = tuple[str, int]
 """(topic, partition)"""
@@ -124,23 +120,8 @@ class PreparedBatch:
         return sorted(self.offsets)
 
 
-def _check_text(value: str, what: str) -> None:
-    if len(value) > MAX_ID_CHARS:
-        raise EnvelopeError(RejectReason.ENVELOPE_UNDECODABLE, f"{what} is longer than {MAX_ID_CHARS}")
-    if "\x00" in value:
-        raise EnvelopeError(RejectReason.ENVELOPE_UNDECODABLE, f"{what} contains a NUL character")
-
-
-def check_storable(env: Envelope) -> None:
-    """Raise :class:`EnvelopeError` if the store could not hold this envelope's readings."""
-    _check_text(env.device_id, "device id")
-    _check_text(env.domain, "domain")
-    for r in env.readings:
-        _check_text(r.metric, f"metric {r.metric[:40]!r}")
-        if not MIN_TS_US <= r.ts_us < MAX_TS_US:
-            raise EnvelopeError(
-                RejectReason.BAD_TIMESTAMP, f"reading time {r.ts_us} µs is outside 1970..3000"
-            )
+def _origin(record: KafkaRecord) -> str:
+    return f"{record.topic}/{record.partition}/{record.offset}"
 
 
 def dead_letter_for(
@@ -154,7 +135,7 @@ def dead_letter_for(
         reason=reason,
         message=message,
         source="kafka",
-        origin=f"{record.topic}/{record.partition}/{record.offset}",
+        origin=_origin(record),
         raw=record.value or b"",
         received_us=now_us,
         component_id=component_id,
@@ -165,8 +146,8 @@ def dead_letter_for(
 def _plain_envelope(raw: bytes | None) -> tuple[str, str, int, list[Item]] | None:
     """(device, domain, received_us, readings) of an ordinary, storable envelope; None for anything else.
 
-    The fast path of :func:`prepare`, about half the cost of building an :class:`Envelope`: it
-    accepts only what ``decode_envelope`` and :func:`check_storable` accept, with the same readings, and
+    The fast path of :func:`prepare`, about half the cost of building an :class:`Envelope`: it accepts
+    only what ``decode_envelope`` and :func:`split_storable` accept in full, with the same readings, and
     leaves everything else to them, so they alone decide what is rejected and why.
     """
     if raw is None:
@@ -183,10 +164,10 @@ def _plain_envelope(raw: bytes | None) -> tuple[str, str, int, list[Item]] | Non
         type(version) is int
         and version == ENVELOPE_VERSION
         and type(device) is str
-        and 0 < len(device) <= MAX_ID_CHARS
+        and 0 < len(device) <= MAX_DEVICE_ID_LENGTH
         and "\x00" not in device
         and type(domain) is str
-        and 0 < len(domain) <= MAX_ID_CHARS
+        and 0 < len(domain) <= MAX_NAME_LENGTH
         and "\x00" not in domain
         and type(bridge) is str
         and bridge
@@ -202,13 +183,13 @@ def _plain_envelope(raw: bytes | None) -> tuple[str, str, int, list[Item]] | Non
         metric, ts, value, flags = item
         if not (
             type(metric) is str
-            and 0 < len(metric) <= MAX_ID_CHARS
+            and 0 < len(metric) <= MAX_NAME_LENGTH
             and "\x00" not in metric
             and type(ts) is int
             and MIN_TS_US <= ts < MAX_TS_US
             and type(flags) is int
             and flags >= 0
-            and not flags & ~_FLAG_BITS
+            and not flags & ~VALID_FLAGS
         ):
             return None
         if type(value) is int:
@@ -237,14 +218,20 @@ def prepare(records: Iterable[KafkaRecord], *, component_id: str, now_us: int) -
         if plain is None:
             try:
                 env = decode_envelope(record.value)
-                check_storable(env)
+                good, bad = split_storable(env)
             except EnvelopeError as exc:
                 batch.dead_letters.append(
                     dead_letter_for(record, exc.reason, exc.message, component_id=component_id, now_us=now_us)
                 )
                 continue
+            if bad:
+                batch.dead_letters += reading_dead_letters(
+                    _origin(record), env, bad, component_id=component_id, now_us=now_us
+                )
+            if not good:
+                continue
             device, domain, received = env.device_id, env.domain, env.received_us
-            items = [(r.metric, r.ts_us, r.value, r.flags) for r in env.readings]
+            items = [(r.metric, r.ts_us, r.value, r.flags) for r in good]
         else:
             device, domain, received, items = plain
         batch.readings += len(items)

@@ -2,8 +2,10 @@
 
 The store holds the offsets (``consumer_offsets``), written in the transaction of the batch they
 belong to; on partition assignment the consumer seeks to them. Kafka commits are made afterwards only
-for lag tools. Undecodable records go to the dead-letter topic; while the database is unavailable the
-consumer pauses its partitions, reports not ready, and retries the same batch with backoff.
+for lag tools. Undecodable records and unstorable readings go to the dead-letter topic; while the
+database is unavailable (however its connections were lost, see ``consumers/storeerrors.py``) the consumer
+pauses its partitions, reports not ready, and retries the same batch with backoff; a database error no
+retry can cure stops it.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from consumers.http import ProbeServer
 from consumers.maintenance import retention_loop
 from consumers.metrics import ConsumerMetrics
 from consumers.settings import ConsumerSettings
-from consumers.sink import apply_batch, is_data_error, is_store_error, stored_offsets
+from consumers.sink import apply_batch, stored_offsets
+from consumers.storeerrors import store_connection
 from consumers.storehealth import StoreHealth
 from core.catalogue import load_catalogue
 from core.deadletter import DeadLetter
-from core.errors import BrokerUnavailable
+from core.errors import BrokerUnavailable, StoreRejectedData, StoreUnavailable
 from core.offsets import PROBE_WAIT_MS, real_end_offsets
 from core.types import RejectReason
 
@@ -194,7 +197,9 @@ class Consumer:
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), 5.0)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except Exception:
+                # Whatever a lost connection makes close() raise, nothing may stay half-closed.
+                log.warning("closing the store's connections failed; terminating them", exc_info=True)
                 self._pool.terminate()
         log.info("consumer %s stopped", self.settings.consumer_id)
 
@@ -276,17 +281,15 @@ class Consumer:
             started = time.perf_counter()
             attempt = time.monotonic()
             try:
-                async with self._db.acquire() as conn:
+                async with store_connection(self._db) as conn:
                     applied = await apply_batch(
                         conn, batch, counters=self._counters, group_id=s.group_id, consumer_id=s.consumer_id,
                         assume_new=self._insert_mode.assume_new(),
                     )  # fmt: skip
-            except Exception as exc:
-                if is_data_error(exc):
-                    await self._apply_rejected(records, batch, exc, generation)
-                    return
-                if not is_store_error(exc):
-                    raise
+            except StoreRejectedData as exc:
+                await self._apply_rejected(records, batch, exc, generation)
+                return
+            except StoreUnavailable as exc:
                 self._store.down(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, s.db_retry_max_s)
@@ -308,7 +311,7 @@ class Consumer:
             return
 
     async def _apply_rejected(
-        self, records: Sequence[KafkaRecord], batch: PreparedBatch, exc: Exception, generation: int
+        self, records: Sequence[KafkaRecord], batch: PreparedBatch, exc: StoreRejectedData, generation: int
     ) -> None:
         """The database refused the batch's data: find the record(s) at fault, one per transaction."""
         if len(records) > 1:
@@ -335,11 +338,9 @@ class Consumer:
     async def _ping_store(self) -> None:
         attempt = time.monotonic()
         try:
-            async with self._db.acquire() as conn:
+            async with store_connection(self._db) as conn:
                 await conn.fetchval("SELECT count(*) FROM consumer_offsets WHERE false")
-        except Exception as exc:
-            if not is_store_error(exc):
-                raise
+        except StoreUnavailable as exc:
             self._store.down(exc)
             await asyncio.sleep(min(1.0, self.settings.db_retry_max_s))
         else:
@@ -367,15 +368,13 @@ class Consumer:
         stored: dict[TopicPartition, int] = {}
         while True:
             try:
-                async with self._db.acquire() as conn:
+                async with store_connection(self._db) as conn:
                     for topic in {tp.topic for tp in assigned}:
                         parts = [tp.partition for tp in assigned if tp.topic == topic]
                         found = await stored_offsets(conn, self.settings.group_id, topic, parts)
                         stored.update({TopicPartition(topic, p): o for p, o in found.items()})
                 break
-            except Exception as exc:
-                if not is_store_error(exc):
-                    raise
+            except StoreUnavailable as exc:
                 self._store.down(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.db_retry_max_s)

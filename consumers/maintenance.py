@@ -8,14 +8,16 @@ import logging
 import asyncpg
 
 from consumers.metrics import ConsumerMetrics
-from consumers.sink import drop_old_readings, is_store_error
+from consumers.sink import drop_old_readings
+from consumers.storeerrors import store_connection
+from core.errors import StoreRejectedData, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 
 async def run_retention(pool: asyncpg.Pool, retention_days: float, metrics: ConsumerMetrics) -> int | None:
     """Drop raw chunks older than ``retention_days`` once; None if another consumer holds the task."""
-    async with pool.acquire() as conn:
+    async with store_connection(pool) as conn:
         dropped = await drop_old_readings(conn, retention_days * 86_400)
     if dropped:
         metrics.chunks_dropped.inc(dropped)
@@ -30,8 +32,6 @@ async def retention_loop(
     while True:
         try:
             await run_retention(pool, retention_days, metrics)
-        except Exception as exc:
-            if not is_store_error(exc):
-                raise
+        except (StoreUnavailable, StoreRejectedData) as exc:
             log.warning("retention could not run, will try again in %ss: %s", interval_s, exc)
         await asyncio.sleep(interval_s)

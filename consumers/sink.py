@@ -12,7 +12,6 @@ way."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any, Final
@@ -377,26 +376,11 @@ async def check_ready(conn: Conn) -> None:
     await conn.fetchval(_READY_SQL)
 
 
-def is_data_error(exc: BaseException) -> bool:
-    """Whether the database refused the batch's *data* (retrying the same data would fail forever)."""
-    return isinstance(
-        exc,
-        asyncpg.DataError | asyncpg.IntegrityConstraintViolationError | asyncpg.ProgramLimitExceededError,
-    )
-
-
-def is_store_error(exc: BaseException) -> bool:
-    """Whether ``exc`` means the store is unavailable or refused the batch (as opposed to a bug of ours)."""
-    return isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError | asyncio.TimeoutError)
-
-
 __all__ = [
     "Applied",
     "Partition",
     "apply_batch",
     "check_ready",
     "drop_old_readings",
-    "is_data_error",
-    "is_store_error",
     "stored_offsets",
 ]

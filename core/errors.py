@@ -45,17 +45,18 @@ class ServiceUnavailable(CityIngestError):
 
 
 class StoreUnavailable(ServiceUnavailable):
-    """The database cannot be reached or lost its connection."""
+    """The database cannot be reached, lost its connection or is out of a resource; try again later."""
+
+
+class StoreRejectedData(CityIngestError):
+    """The database refused the data it was given (SQLSTATE classes 22, 23, 54: invalid or conflicting
+    values, a limit): the same data would be refused again, so it is dead-lettered or answered 4xx."""
+
+    retriable: ClassVar[bool] = False
 
 
 class BrokerUnavailable(ServiceUnavailable):
     """Kafka or the MQTT broker cannot be reached."""
-
-
-class StoreRejectedData(CityIngestError):
-    """The store refused the data (SQLSTATE classes 22, 23, 54); retrying cannot help."""
-
-    retriable: ClassVar[bool] = False
 
 
 class BrokerRejectedRecord(CityIngestError):

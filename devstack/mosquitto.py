@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from devstack.process import ChildProcess, ServiceError, chown_tree, service_user
+from devstack.process import ChildProcess, ServiceError, ServiceProcess, chown_tree, service_user
 
 MOSQUITTO: Final = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -71,7 +71,7 @@ def broker_config(
     )
 
 
-class MosquittoBroker:
+class MosquittoBroker(ServiceProcess):
     """Runs ``mosquitto -c <our config>`` on ``host:port`` with its state under ``state_dir``."""
 
     def __init__(
@@ -111,17 +111,6 @@ class MosquittoBroker:
             user=self.os_user,
         )
         self._proc.start_listening(self.host, self.port, timeout)
-
-    def exit_code(self) -> int | None:
-        """The exit status if the broker process ended without stop() (a crash); None while it runs."""
-        return self._proc.returncode() if self._proc is not None else None
-
-    def reset(self) -> None:
-        """Reap a dead broker process (and what is left of its process group) before a restart."""
-        if self._proc is not None and not self._proc.alive():
-            self._proc.kill_leftovers()
-            self._proc.wait_stopped()
-            self._proc = None
 
     @property
     def pid(self) -> int | None:

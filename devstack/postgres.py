@@ -15,6 +15,7 @@ from typing import Final
 from devstack.process import (
     ChildProcess,
     ServiceError,
+    ServiceProcess,
     chown_tree,
     drop_privileges,
     service_user,
@@ -60,7 +61,7 @@ def timescaledb_installed(pg_bin: Path = PG_BIN) -> bool:
     return (Path(sharedir) / "extension" / "timescaledb.control").is_file()
 
 
-class PostgresCluster:
+class PostgresCluster(ServiceProcess):
     """initdb (once), start, create databases and stop a private cluster on ``host:port``."""
 
     def __init__(
@@ -186,17 +187,6 @@ class PostgresCluster:
             tmpl = f' TEMPLATE "{template}"' if template else ""
             self.psql(f'CREATE DATABASE "{name}"{tmpl}')
         return self.dsn(name)
-
-    def exit_code(self) -> int | None:
-        """The exit status if the server process ended without stop() (a crash); None while it runs."""
-        return self._proc.returncode() if self._proc is not None else None
-
-    def reset(self) -> None:
-        """Reap a dead server process (and what is left of its process group) before a restart."""
-        if self._proc is not None and not self._proc.alive():
-            self._proc.kill_leftovers()
-            self._proc.wait_stopped()
-            self._proc = None
 
     def running(self) -> bool:
         """Whether the server process runs."""

@@ -278,3 +278,20 @@ async def wait_healthy(proc: ChildProcess, url: str, within_s: float) -> None:
             return
         await asyncio.sleep(0.2)
     raise ServiceError(f"{proc.name} did not become healthy within {within_s:.0f}s:\n{proc.tail()}")
+
+
+class ServiceProcess:
+    """What the dev stack's supervision needs of a service running one :class:`ChildProcess` in ``_proc``."""
+
+    _proc: ChildProcess | None
+
+    def exit_code(self) -> int | None:
+        """The exit status if the process ended without stop() (a crash); None while it runs."""
+        return self._proc.returncode() if self._proc is not None else None
+
+    def reset(self) -> None:
+        """Reap a dead process (and what is left of its process group) before a restart."""
+        if self._proc is not None and not self._proc.alive():
+            self._proc.kill_leftovers()
+            self._proc.wait_stopped()
+            self._proc = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from devstack.process import ChildProcess, ServiceError
+from devstack.process import ChildProcess, ServiceError, ServiceProcess
 
 
 def tansu_binary() -> str:
@@ -22,7 +22,7 @@ def tansu_binary() -> str:
         raise ServiceError(f"the Tansu broker binary cannot be used: {exc}") from None
 
 
-class TansuBroker:
+class TansuBroker(ServiceProcess):
     """Runs Tansu on ``host:port``. Its records live in memory only: they are gone after a stop."""
 
     def __init__(
@@ -63,17 +63,6 @@ class TansuBroker:
     def rss_mb(self) -> float:
         """Memory the broker holds (every record stays in memory)."""
         return self._proc.rss_mb() if self._proc is not None else 0.0
-
-    def exit_code(self) -> int | None:
-        """The exit status if the broker process ended without stop() (a crash); None while it runs."""
-        return self._proc.returncode() if self._proc is not None else None
-
-    def reset(self) -> None:
-        """Reap a dead broker process (and what is left of its process group) before a restart."""
-        if self._proc is not None and not self._proc.alive():
-            self._proc.kill_leftovers()
-            self._proc.wait_stopped()
-            self._proc = None
 
     def running(self) -> bool:
         """Whether the broker process runs."""

@@ -152,6 +152,10 @@ class ConsumerProcess:
         self.proc = None
         return code
 
+    def exit_code(self) -> int | None:
+        """The exit status once the process has exited; None while it runs (or before it starts)."""
+        return None if self.proc is None else self.proc.poll()
+
     def log(self) -> str:
         """Everything the process wrote so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
@@ -18,9 +17,8 @@ from consumers.rollup import aggregate
 from consumers.settings import ConsumerSettings
 from core.deadletter import decode_dead_letter
 from core.errors import EnvelopeError
-from core.readings import Envelope, decode_envelope, encode_envelope
+from core.readings import Envelope, decode_envelope, encode_envelope, ts_in_range
 from devstack.postgres import PostgresCluster
-from devstack.process import free_port
 from migrations import apply_migrations
 from tests.conftest import KafkaTopics
 from tests.consumers.harness import (
@@ -48,9 +46,9 @@ async def assert_store_is_truth(
     ends: dict[int, int],
     refused: Sequence[Envelope] = (),
 ) -> None:
-    """Raw table == first occurrence (in log order) of every reading; rollups == SQL recomputation ==
-    Python truth. The log must hold exactly the envelopes the test produced, plus ``refused``: envelopes
-    that decode but the store refused (dead-lettered, never stored)."""
+    """Raw table == first occurrence (in log order) of every reading inside the time range every stage
+    accepts; rollups == SQL recomputation == Python truth. The log must hold exactly the envelopes the test
+    produced, plus ``refused``: envelopes that decode but the store refused (dead-lettered, never stored)."""
     logged = []
     for value in await read_log(bootstrap, topic, ends):
         try:
@@ -61,7 +59,13 @@ async def assert_store_is_truth(
     refused_values = set(map(encode_envelope, refused))
     conn = await asyncpg.connect(dsn)
     try:
-        truth_rows = first_seen([e for e in logged if encode_envelope(e) not in refused_values])
+        truth_rows = {
+            key: reading
+            for key, reading in first_seen(
+                [e for e in logged if encode_envelope(e) not in refused_values]
+            ).items()
+            if ts_in_range(reading.ts_us)
+        }
         assert await stored_readings(conn) == truth_rows
         stored = await stored_rollups(conn)
         from_raw = await recomputed_rollups(conn, COUNTERS)
@@ -232,21 +236,6 @@ async def test_rebalance_when_one_of_two_consumers_leaves(
     assert left_mid_stream, (at_leave, ends)
     assert first.log().count("partitions assigned") >= 2, first.log()[-3000:]
     await assert_store_is_truth(database_url, envelopes, kafka_bootstrap, kafka_topics.readings, ends)
-
-
-@pytest.fixture
-async def own_cluster(service_dir: Path) -> AsyncIterator[PostgresCluster]:
-    """A PostgreSQL cluster of this test alone, so stopping it does not disturb other tests."""
-    cluster = PostgresCluster(
-        service_dir / f"pg-outage-{uuid.uuid4().hex[:8]}",
-        free_port(),
-        settings={"fsync": "off", "shared_buffers": "'128MB'", "timescaledb.max_background_workers": "0"},
-    )
-    await asyncio.to_thread(cluster.start)
-    try:
-        yield cluster
-    finally:
-        await asyncio.to_thread(cluster.stop)
 
 
 @pytest.mark.slow
