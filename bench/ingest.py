@@ -8,7 +8,7 @@ It starts its own Mosquitto and Tansu (memory storage) on free ports, then for e
 
 1. *ceiling*: ``mosquitto_sub -q 1`` counts N messages that ``mosquitto_pub -q 1 -l`` processes publish;
    the elapsed time is the broker's QoS 1 ceiling for that payload on this machine;
-2. *bridge*: the same publishers, with one ``python -m ingest`` process subscribed instead; the clock stops
+2. *bridge*: the same publishers, with one ``cityingest bridge`` process subscribed instead; the clock stops
    when the bridge has acknowledged all N messages, i.e. after Kafka (acks=all) took every reading.
 
 Workloads: single-reading JSON messages, and SenML packs of 50 readings. Targets on a 2-core machine:
@@ -159,7 +159,8 @@ def scrape_rejected(port: int) -> Counter[str]:
 
 
 def start_bridge(mqtt_port: int, kafka: str, name: str, workdir: Path) -> tuple[ChildProcess, int]:
-    """A ``python -m ingest`` process subscribed to the bench's topics, ready; and its HTTP port."""
+    """A bridge process subscribed to the bench's topics, ready; and its HTTP port. It is started as compose
+    and Kubernetes run it, ``cityingest bridge`` (here ``python -m cli bridge``) with its HTTP flags."""
     http_port = free_port()
     env = {
         **os.environ,
@@ -168,13 +169,11 @@ def start_bridge(mqtt_port: int, kafka: str, name: str, workdir: Path) -> tuple[
         "CITYINGEST_MQTT_TOPIC_PREFIX": PREFIX,
         "CITYINGEST_KAFKA_BOOTSTRAP": kafka,
         "CITYINGEST_KAFKA_IDEMPOTENCE": "false",
-        "CITYINGEST_HTTP_PORT": str(http_port),
         "CITYINGEST_CLIENT_ID": f"bench-{name}",
         "CITYINGEST_LOG_LEVEL": "WARNING",
     }
-    bridge = ChildProcess(
-        "bridge", [sys.executable, "-m", "ingest"], log_path=workdir / f"bridge-{name}.log", env=env, cwd=ROOT
-    )
+    argv = [sys.executable, "-m", "cli", "bridge", "--http-host", "127.0.0.1", "--http-port", str(http_port)]
+    bridge = ChildProcess("bridge", argv, log_path=workdir / f"bridge-{name}.log", env=env, cwd=ROOT)
     bridge.start()
     deadline = time.monotonic() + 30
     while not ready(http_port):

@@ -53,7 +53,7 @@ def split_storable(env: Envelope) -> tuple[list[Reading], list[Unstorable]]:
     ):
         fault = _text_fault(value, what, limit)
         if fault is not None:
-            raise EnvelopeError(RejectReason.ENVELOPE_UNDECODABLE.value, fault)
+            raise EnvelopeError(RejectReason.ENVELOPE_UNDECODABLE, fault)
     good: list[Reading] = []
     bad: list[Unstorable] = []
     for i, r in enumerate(env.readings):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from core.types import RejectReason
+
 
 class CityIngestError(Exception):
     """Root of every error cityingest raises on purpose."""
@@ -15,22 +17,21 @@ class ConfigError(CityIngestError):
     """Settings are missing or invalid; fix the configuration and start again."""
 
 
-class RejectedPayload(CityIngestError):
+class Rejected(CityIngestError):
+    """Input that can never be taken as it is: it is dead-lettered with ``reason``, never retried."""
+
+    def __init__(self, reason: RejectReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class RejectedPayload(Rejected):
     """A device payload or one of its readings is invalid; it is dead-lettered with ``reason``."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
-
-class EnvelopeError(CityIngestError):
+class EnvelopeError(Rejected):
     """A Kafka record is not a valid readings envelope; it is dead-lettered, never retried."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 class MigrationError(CityIngestError):
@@ -56,3 +57,13 @@ class StoreRejectedData(CityIngestError):
 
 class BrokerUnavailable(ServiceUnavailable):
     """Kafka or the MQTT broker cannot be reached."""
+
+
+class BrokerRejectedRecord(CityIngestError):
+    """Kafka refuses one record for good (too large for the producer, broker or topic): retrying cannot help,
+    the record is dead-lettered with what fits and the others flow on."""
+
+
+class BrokerRefused(CityIngestError):
+    """Kafka or the MQTT broker refuses this component for good (authorization, configuration, protocol
+    version): retrying in-process cannot help; the component fails so its supervisor restarts it."""

@@ -91,7 +91,7 @@ def encode_envelope(env: Envelope) -> bytes:
 
 
 def _fail(message: str, reason: RejectReason = RejectReason.ENVELOPE_UNDECODABLE) -> EnvelopeError:
-    return EnvelopeError(reason.value, message)
+    return EnvelopeError(reason, message)
 
 
 def _nonempty_str(obj: dict[str, Any], field: str) -> str:

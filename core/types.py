@@ -83,6 +83,8 @@ class RejectReason(enum.StrEnum):
     """A bug of ours hit this payload: it is kept in the dead-letter topic for replay once fixed."""
     RETAINED = "retained"
     """A broker's stored retained copy, sent again on (re)subscribe: never a new reading, so never stored."""
+    RECORD_TOO_LARGE = "record_too_large"
+    """Kafka refused a record of this message for good as too large; the dead letter keeps what fits."""
     STORE_REJECTED = "store_rejected"
     """The database refused a record's readings; the consumer dead-letters it and moves on."""
     ENVELOPE_UNDECODABLE = "envelope_undecodable"

@@ -1,29 +1,35 @@
 """The bridge runtime: MQTT messages in, validated envelopes and dead letters out to Kafka.
 
 At-least-once: an MQTT message is acknowledged to the broker only after Kafka acknowledged (``acks=all``)
-every record made from it, the envelope of its valid readings and its dead letter if any. Acks go out
-in the order the messages arrived. A Kafka failure is retried with capped exponential backoff for as long as
-the message's MQTT connection lives (after a reconnect the broker redelivers it anyway); meanwhile the
-unacknowledged messages fill the in-flight window, the broker stops sending (Receive Maximum) and the bridge
-reports itself not ready. The bytes of the records of unacknowledged messages are bounded too
-(``max_in_flight_bytes``): above it the bridge stops reading MQTT until acks bring them back under, so
-large messages cannot fill its memory. Retries and redeliveries may duplicate a record in Kafka, never
-lose one, and a retried record may land after newer records of the same device.
+every record made from it, the envelope of its valid readings and its dead letter if any. Acks go out in the
+order the messages arrived (the bookkeeping is :mod:`ingest.sender`). A retriable Kafka failure is retried
+with capped exponential backoff for as long as the message's MQTT connection lives (after a reconnect the
+broker redelivers it anyway); meanwhile the unacknowledged messages fill the in-flight window, the broker
+stops sending (Receive Maximum) and the bridge reports itself not ready. The bytes of the records of
+unacknowledged messages are bounded too (``max_in_flight_bytes``): above it the bridge stops reading MQTT
+until acks bring them back under, so large messages cannot fill its memory. Retries and redeliveries may
+duplicate a record in Kafka, never lose one, and a retried record may land after newer records of the same
+device.
 
 No message can stop the others: one the bridge fails on unexpectedly is dead-lettered as ``internal_error``
 (raw payload kept) and acknowledged like any other. Whatever the cause, messages that wait while no ack goes
 out for ``ack_stall_s`` make the bridge report itself not ready. A delivery with the retain flag is a
-broker's stored copy, not a new message (see :mod:`ingest.mqtt`): it is dead-lettered as ``retained``.
+broker's stored copy, not a new message (see :mod:`ingest.mqtt`): it is dead-lettered as ``retained``. A
+record Kafka refuses for good as too large is dead-lettered as ``record_too_large``.
+
+Nothing dies unnoticed: the sender, the Kafka probe and the MQTT connection run in one task group; when any
+of them fails (or Kafka refuses the bridge for good: authorization, configuration, protocol), the bridge is
+failed: it logs why, ``/healthz`` answers 503, ``/readyz`` is not ready, and :meth:`Bridge.wait` and
+:func:`serve` raise, so ``cityingest bridge`` exits non-zero and its supervisor restarts it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import enum
 import logging
 import time
-from collections import deque
 from typing import Final, Self
 
 import paho.mqtt.client as paho
@@ -31,13 +37,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from core.catalogue import Catalogue, load_catalogue
-from ingest.http import HealthServer
-from ingest.kafka import RETRY_BACKOFF_MAX_S, kafka_reachable, start_producer
+from core.runtime import ProbeServer
+from ingest.kafka import kafka_reachable, start_producer
 from ingest.memory import fix_mmap_threshold
 from ingest.metrics import CONTENT_TYPE, BridgeStats, build_registry, render
 from ingest.mqtt import MqttSource
 from ingest.parse import PayloadParser
-from ingest.records import Record, RecordMaker
+from ingest.records import RecordMaker
+from ingest.sender import KafkaSender, Message
 from ingest.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
@@ -46,121 +53,27 @@ _PROBE_INTERVAL_S: Final = 2.0
 _DRAIN_TIMEOUT_S: Final = 10.0
 
 
-class _Message:
-    """An MQTT message on its way: acknowledged once ``outstanding`` records reached Kafka."""
+class State(enum.Enum):
+    """Where a bridge is in its life; public methods check it first."""
 
-    __slots__ = ("abandoned", "generation", "mid", "nbytes", "outstanding", "qos", "records")
-
-    def __init__(self, mid: int, qos: int, generation: int, records: list[Record]) -> None:
-        self.mid, self.qos, self.generation, self.records = mid, qos, generation, records
-        self.outstanding = len(records)
-        self.abandoned = False
-        # What the message keeps in memory until it is acknowledged: envelopes and dead letters alike.
-        self.nbytes = sum(len(r.value) + len(r.key or b"") for r in records)
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
 
 
 class Bridge:
     """One bridge process's worth of work; ``async with Bridge(settings)`` or ``start()``/``stop()``."""
 
     def __init__(self, settings: BridgeSettings, *, catalogue: Catalogue | None = None) -> None:
-        self.settings = settings
+        self.settings = s = settings
         self.stats = BridgeStats()
-        self._catalogue = catalogue
-        self._maker: RecordMaker | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._mqtt: MqttSource | None = None
-        self._pending: deque[_Message] = deque()
-        self._queue: deque[_Message] = deque()
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._failing = 0
-        self._progress_at = time.monotonic()
-        """When acks last advanced, or messages started to wait after none did (the stall detector)."""
-        self._kafka_reachable = False
-        self._paused = False
-        self._in_flight_bytes = 0
-        self._stopping = False
-        self._stop_task: asyncio.Task[None] | None = None
-        self._run_task: asyncio.Task[None] | None = None
-        self._retries: dict[asyncio.TimerHandle, tuple[_Message, Record]] = {}
-        self._resends: set[asyncio.Task[None]] = set()
-        self._registry = build_registry(
-            self.stats,
-            lambda: len(self._pending),
-            lambda: not self.not_ready_reasons(),
-            lambda: self._in_flight_bytes,
-        )
-        self._http = HealthServer(
-            settings.http_host,
-            settings.http_port,
-            metrics=lambda: (render(self._registry), CONTENT_TYPE),
-            not_ready_reasons=self.not_ready_reasons,
-            healthy=self._healthy,
-        )
-
-    @property
-    def http_port(self) -> int:
-        """The port of /metrics, /healthz and /readyz."""
-        return self._http.port
-
-    def _healthy(self) -> bool:
-        task = self._run_task
-        return self._stopping or task is None or not task.done()
-
-    @property
-    def in_flight(self) -> int:
-        """MQTT messages received and not yet acknowledged (or given up after a reconnect)."""
-        return len(self._pending)
-
-    @property
-    def in_flight_bytes(self) -> int:
-        """Bytes of the Kafka records of the messages in flight (bounded by ``max_in_flight_bytes``)."""
-        return self._in_flight_bytes
-
-    @property
-    def intake_paused(self) -> bool:
-        """Whether the bridge stopped reading MQTT because its message window or byte budget is full."""
-        return self._paused
-
-    def not_ready_reasons(self) -> list[str]:
-        """Why the bridge does not take traffic now; empty when it is ready."""
-        reasons: list[str] = []
-        if self._stopping:
-            reasons.append("stopping")
-        if self._producer is None:
-            reasons.append("kafka: not connected yet")
-        elif not self._kafka_reachable:
-            reasons.append("kafka: unreachable")
-        if self._failing:
-            reasons.append(f"kafka: {self._failing} records waiting to be retried")
-        if self._pending:
-            # Whatever the cause (Kafka, a bug, a wedged loop), messages that wait without acks moving on
-            # hold up every device behind them: say so, so the orchestrator can act.
-            stalled_s = time.monotonic() - self._progress_at
-            if stalled_s > self.settings.ack_stall_s:
-                reasons.append(
-                    f"acks: stalled for {stalled_s:.0f} s with {len(self._pending)} messages waiting"
-                )
-        if self._mqtt is None or not self._mqtt.connected:
-            reasons.append("mqtt: not connected")
-        elif not self._mqtt.subscribed:
-            reasons.append("mqtt: not subscribed")
-        return reasons
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        """Start the HTTP endpoints, then connect to Kafka and MQTT in the background."""
-        s = self.settings
-        catalogue = self._catalogue or load_catalogue(s.catalogue_file)
+        self._state = State.NEW
+        self._failure: BaseException | None = None
         parser = PayloadParser(
-            catalogue,
+            catalogue or load_catalogue(s.catalogue_file),
             bridge_id=s.bridge_id,
             topic_prefix=s.mqtt_topic_prefix,
             domains=s.domains,
@@ -175,52 +88,212 @@ class Bridge:
             max_payload_bytes=s.max_payload_bytes,
             rejected=self.stats.rejected,
         )
-        await self._http.start()
-        self._run_task = asyncio.create_task(self._run(), name=f"bridge-{s.bridge_id}")
+        self._producer: AIOKafkaProducer | None = None
+        self._mqtt: MqttSource | None = None
+        self._sender: KafkaSender | None = None
+        self._kafka_reachable = False
+        self._stop_task: asyncio.Task[None] | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._cut_drain = asyncio.Event()
+        registry = build_registry(
+            self.stats,
+            lambda: self.in_flight,
+            lambda: not self.not_ready_reasons(),
+            lambda: self.in_flight_bytes,
+        )
+        self._probes = ProbeServer(
+            "bridge",
+            s.http_host,
+            s.http_port,
+            metrics=lambda: (render(registry), CONTENT_TYPE),
+            not_ready_reasons=self.not_ready_reasons,
+            healthy=self._healthy,
+        )
+
+    @property
+    def state(self) -> State:
+        """The bridge's lifecycle state."""
+        return self._state
+
+    @property
+    def http_port(self) -> int:
+        """The port of /metrics, /healthz and /readyz."""
+        return self._probes.port
+
+    def _healthy(self) -> bool:
+        return self._failure is None
+
+    @property
+    def in_flight(self) -> int:
+        """MQTT messages received and not yet acknowledged (or given up after a reconnect)."""
+        return 0 if self._sender is None else len(self._sender.pending)
+
+    @property
+    def in_flight_bytes(self) -> int:
+        """Bytes of the Kafka records of the messages in flight (bounded by ``max_in_flight_bytes``)."""
+        return 0 if self._sender is None else self._sender.in_flight_bytes
+
+    @property
+    def intake_paused(self) -> bool:
+        """Whether the bridge stopped reading MQTT because its message window or byte budget is full."""
+        return self._sender is not None and self._sender.paused
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why the bridge does not take traffic now; empty when it is ready."""
+        reasons: list[str] = []
+        if self._failure is not None:
+            reasons.append(f"failed: {self._failure!r}")
+        if self._state in (State.STOPPING, State.STOPPED):
+            reasons.append("stopping")
+        sender = self._sender
+        if self._producer is None:
+            reasons.append("kafka: not connected yet")
+        elif not self._kafka_reachable:
+            reasons.append("kafka: unreachable")
+        if sender is not None and sender.failing:
+            reasons.append(f"kafka: {sender.failing} records waiting to be retried")
+        if sender is not None and sender.pending:
+            # Whatever the cause (Kafka, a bug, a wedged loop), messages that wait without acks moving on
+            # hold up every device behind them: say so, so the orchestrator can act.
+            stalled_s = time.monotonic() - sender.progress_at
+            if stalled_s > self.settings.ack_stall_s:
+                reasons.append(
+                    f"acks: stalled for {stalled_s:.0f} s with {len(sender.pending)} messages waiting"
+                )
+        if self._mqtt is None or not self._mqtt.connected:
+            refusal = None if self._mqtt is None else self._mqtt.refusal
+            reasons.append(
+                "mqtt: not connected" if refusal is None else f"mqtt: refused by the broker: {refusal}"
+            )
+        elif not self._mqtt.subscribed:
+            reasons.append("mqtt: not subscribed")
+        return reasons
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start the HTTP endpoints, then connect to Kafka and MQTT in the background. Only once."""
+        if self._state is not State.NEW:
+            raise RuntimeError(f"bridge {self.settings.bridge_id} cannot start: it is {self._state.value}")
+        self._state = State.STARTING
+        try:
+            self._mqtt = MqttSource(self.settings, self._on_message, self.stats)
+            await self._probes.start()
+        except BaseException as exc:
+            self._failure = exc
+            self._state = State.FAILED
+            raise
+        self._run_task = asyncio.create_task(self._run(), name=f"bridge-{self.settings.bridge_id}")
+        self._state = State.RUNNING
 
     async def wait(self) -> None:
         """Wait until the bridge stops; re-raise what made it fail."""
-        if self._run_task is not None:
-            await self._run_task
+        if self._state is State.NEW:
+            raise RuntimeError(f"bridge {self.settings.bridge_id} was not started")
+        task = self._run_task
+        if task is not None:
+            await asyncio.wait({task})  # the caller's cancellation propagates, the task's does not
+            if not task.cancelled():
+                task.result()
 
     async def stop(self) -> None:
-        """Drain in-flight messages (bounded), disconnect and release everything. Idempotent."""
+        """Drain in-flight messages (bounded), disconnect and release everything. Idempotent; when the
+        caller is cancelled meanwhile, the drain is cut short and everything is still released."""
         if self._stop_task is None:
             self._stop_task = asyncio.ensure_future(self._stop())
-        await asyncio.shield(self._stop_task)
+        task = self._stop_task
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._cut_drain.set()
+            while not task.done():  # release everything before the cancellation goes on
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(task)
+            raise
 
     async def _stop(self) -> None:
-        self._stopping = True
-        if self._mqtt is not None:
-            self._mqtt.pause()
-            # Let what Kafka can still take be acknowledged; the broker redelivers the rest later.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_DRAIN_TIMEOUT_S):
-                    await self._idle.wait()
-            await self._mqtt.close()
-        for handle in self._retries:
-            handle.cancel()
-        tasks = [t for t in (self._run_task, *self._resends) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._producer is not None:
-            with contextlib.suppress(TimeoutError, KafkaError):
-                async with asyncio.timeout(_DRAIN_TIMEOUT_S):
-                    await self._producer.stop()
-        await self._http.stop()
-        log.info("bridge %s stopped", self.settings.bridge_id)
+        if self._state is not State.FAILED:
+            self._state = State.STOPPING
+        try:
+            await self._disconnect()
+        finally:
+            try:  # whatever failed above, nothing is left open
+                with contextlib.suppress(TimeoutError, KafkaError):
+                    if self._producer is not None:
+                        async with asyncio.timeout(_DRAIN_TIMEOUT_S):
+                            await self._producer.stop()
+            finally:
+                await self._probes.stop()
+                if self._state is not State.FAILED:
+                    self._state = State.STOPPED
+                log.info("bridge %s stopped", self.settings.bridge_id)
+
+    async def _disconnect(self) -> None:
+        """Let Kafka take what it can (bounded), close MQTT, then end the run task."""
+        sender, mqtt = self._sender, self._mqtt
+        try:
+            if mqtt is not None:
+                mqtt.pause()
+                if sender is not None and self._failure is None:
+                    sender.stopping = True
+                    # Let what Kafka can still take be acknowledged; the broker redelivers the rest later.
+                    idle, cut = (
+                        asyncio.ensure_future(sender.idle.wait()),
+                        asyncio.ensure_future(self._cut_drain.wait()),
+                    )
+                    await asyncio.wait(
+                        {idle, cut}, timeout=_DRAIN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    idle.cancel()
+                    cut.cancel()
+                await mqtt.close()
+        finally:
+            if sender is not None:
+                sender.stopping = True
+                sender.cancel_retries()
+            task = self._run_task
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):  # a failure was recorded and logged by _run
+                    await task
 
     # --- main loop --------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        self._producer = producer = await start_producer(self.settings)
-        self._kafka_reachable = True
-        self._mqtt = MqttSource(self.settings, self._on_message, self.stats)
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._send_loop(producer), name="bridge-sender")
-            group.create_task(self._probe_loop(producer), name="bridge-kafka-probe")
-            group.create_task(self._mqtt.run(), name="bridge-mqtt")
+        mqtt = self._mqtt
+        if mqtt is None:  # unreachable: start() built it
+            raise RuntimeError("bridge not started")
+        try:
+            self._producer = producer = await start_producer(self.settings)
+            self._kafka_reachable = True
+            self._sender = sender = KafkaSender(self.settings, self.stats, producer, mqtt, self._maker)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(sender.run(), name="bridge-sender")
+                group.create_task(self._probe_loop(producer), name="bridge-kafka-probe")
+                group.create_task(mqtt.run(), name="bridge-mqtt")
+        except asyncio.CancelledError:
+            raise
+        except BaseExceptionGroup as group_error:
+            first: BaseException = group_error
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            self._fail(first)
+            raise first from group_error
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failure = exc
+        self._state = State.FAILED
+        log.error("bridge %s failed, restart it: %r", self.settings.bridge_id, exc, exc_info=exc)
+        if self._mqtt is not None:
+            self._mqtt.pause()  # take nothing more that could not be forwarded
 
     async def _probe_loop(self, producer: AIOKafkaProducer) -> None:
         while True:
@@ -234,191 +307,20 @@ class Bridge:
 
     def _on_message(self, message: paho.MQTTMessage, generation: int) -> None:
         received_us = time.time_ns() // 1_000
-        maker = self._maker
-        if maker is None:  # unreachable: MQTT connects after start() built the maker
+        sender = self._sender
+        if sender is None:  # unreachable: MQTT connects after the sender exists
             raise RuntimeError("bridge not started")
         self.stats.messages_received += 1
-        records = self._records(maker, message, received_us)
-        msg = _Message(message.mid, message.qos, generation, records)
-        if not self._pending:
-            self._progress_at = time.monotonic()
-        self._pending.append(msg)
-        self._queue.append(msg)
-        self._idle.clear()
-        self._wake.set()
-        self._hold_if_full(msg)
-
-    def _hold_if_full(self, msg: _Message) -> None:
-        """Count the message's bytes; stop reading MQTT when the window or the byte budget is full."""
-        self._in_flight_bytes += msg.nbytes
-        self.stats.in_flight_bytes_peak = max(self.stats.in_flight_bytes_peak, self._in_flight_bytes)
-        # The broker keeps to Receive Maximum, so the count only trips for a broker that does not, or
-        # when messages of a lost connection still wait for Kafka next to the redelivered ones. The bytes
-        # trip for large messages (a 256 KiB payload, a dead letter carrying it): checked after taking
-        # the message, so one larger than the whole budget still passes and holds at most budget + 1.
-        s = self.settings
-        if self._mqtt is not None and (
-            len(self._pending) >= 2 * s.max_in_flight or self._in_flight_bytes > s.max_in_flight_bytes
-        ):
-            if not self._paused:
-                self.stats.intake_pauses += 1
-            self._paused = True
-            self._mqtt.pause()  # also after a reconnect, which resumed reading on its new socket
-
-    def _records(self, maker: RecordMaker, message: paho.MQTTMessage, received_us: int) -> list[Record]:
-        """The records of one message. Never raises: whatever fails is dead-lettered as internal_error, so
-        the message is acknowledged like any other and never blocks the ones behind it."""
-        topic, raw = "", b""
-        try:
-            raw = bytes(message.payload)
-            try:
-                topic = message.topic
-            except UnicodeDecodeError:  # brokers refuse such topics; never trust that
-                topic = message._topic.decode("utf-8", "replace")
-            if message.retain:
-                return [maker.retained(topic, raw, received_us)]
-            return maker.records(raw, topic, received_us)
-        except Exception as exc:
-            log.exception("handling a message from %r failed; dead-lettering it as internal_error", topic)
-            return [maker.internal_error(exc, topic, raw, received_us)]
-
-    # --- Kafka sends, retries and in-order acks -------------------------------------------------
-
-    async def _send_loop(self, producer: AIOKafkaProducer) -> None:
-        queue = self._queue
-        while True:
-            while not queue:
-                self._wake.clear()
-                await self._wake.wait()
-            msg = queue.popleft()
-            for record in msg.records:
-                await self._send(producer, msg, record)
-            if not msg.records:  # nothing to write (cannot happen today, but never block the acks)
-                self._advance_acks()
-
-    async def _send(self, producer: AIOKafkaProducer, msg: _Message, record: Record) -> None:
-        try:
-            future = await producer.send(record.topic, record.value, key=record.key)
-        except KafkaError as exc:
-            self._failed(msg, record, exc)
-            return
-        future.add_done_callback(functools.partial(self._delivered, msg, record))
-
-    def _delivered(self, msg: _Message, record: Record, future: asyncio.Future[object]) -> None:
-        exc = KafkaError("send cancelled") if future.cancelled() else future.exception()
-        if exc is not None:
-            self._failed(msg, record, exc)
-            return
-        if record.failed:
-            record.failed = False
-            self._failing -= 1
-            if self._failing == 0:
-                log.info("Kafka takes records again")
-            else:
-                # Kafka is back: the other failed records need not sit out the rest of their backoff
-                # (up to 30 s after an outage), they go again now.
-                self._retry_all_now()
-        if record.readings:
-            self.stats.readings_forwarded += record.readings
-            self.stats.records_forwarded += 1
-        else:
-            self.stats.dead_letters_written += 1
-        self._record_done(msg)
-
-    def _record_done(self, msg: _Message) -> None:
-        msg.outstanding -= 1
-        if msg.outstanding == 0:
-            self._advance_acks()
-
-    def _stale(self, msg: _Message) -> bool:
-        return self._stopping or self._mqtt is None or msg.generation != self._mqtt.generation
-
-    def _failed(self, msg: _Message, record: Record, exc: BaseException) -> None:
-        self.stats.kafka_errors += 1
-        if not record.failed:
-            record.failed = True
-            self._failing += 1
-            if self._failing == 1:
-                log.warning(
-                    "Kafka did not take a record for %s: %r; retrying with backoff", record.topic, exc
-                )
-        if self._stale(msg):
-            self._abandon(msg, record)
-            return
-        delay = min(self.settings.kafka_retry_backoff_s * 2**record.attempts, RETRY_BACKOFF_MAX_S)
-        record.attempts += 1
-        handle = asyncio.get_running_loop().call_later(delay, self._retry, msg, record)
-        self._retries[handle] = (msg, record)
-
-    def _retry_all_now(self) -> None:
-        loop = asyncio.get_running_loop()
-        waiting = [item for handle, item in self._retries.items() if not handle.cancelled()]
-        for handle in self._retries:
-            handle.cancel()
-        self._retries.clear()
-        for msg, record in waiting:
-            loop.call_soon(self._retry, msg, record)
-
-    def _abandon(self, msg: _Message, record: Record) -> None:
-        # The MQTT connection that delivered the message is gone: the broker redelivers it, unacknowledged.
-        if record.failed:
-            record.failed = False
-            self._failing -= 1
-        msg.abandoned = True
-        self._record_done(msg)
-
-    def _retry(self, msg: _Message, record: Record) -> None:
-        now = asyncio.get_running_loop().time()
-        self._retries = {h: v for h, v in self._retries.items() if not h.cancelled() and h.when() > now}
-        if self._stale(msg):
-            self._abandon(msg, record)
-            return
-        if self._producer is None:
-            return
-        self.stats.kafka_retries += 1
-        task = asyncio.create_task(self._send(self._producer, msg, record))
-        self._resends.add(task)
-        task.add_done_callback(self._resends.discard)
-
-    def _advance_acks(self) -> None:
-        pending = self._pending
-        mqtt = self._mqtt
-        if pending and pending[0].outstanding == 0:
-            self._progress_at = time.monotonic()
-        while pending and pending[0].outstanding == 0:
-            msg = pending.popleft()
-            self._in_flight_bytes -= msg.nbytes
-            if (
-                not msg.abandoned
-                and msg.qos
-                and mqtt is not None
-                and mqtt.ack(msg.mid, msg.qos, msg.generation)
-            ):
-                self.stats.messages_acked += 1
-        if not pending:
-            self._idle.set()
-        if (
-            self._paused
-            and not self._stopping
-            and len(pending) <= self.settings.max_in_flight
-            and self._in_flight_bytes <= self.settings.max_in_flight_bytes
-        ):
-            self._paused = False
-            if mqtt is not None:
-                mqtt.resume()
+        topic, records = self._maker.of_message(message, received_us)
+        sender.submit(Message(message.mid, message.qos, generation, topic, received_us, records))
 
 
 async def serve(settings: BridgeSettings) -> None:
-    """Run a bridge until cancelled (or until it fails), then drain and shut it down gracefully."""
+    """Run a bridge until cancelled (or until it fails: then raise), then drain and shut it down."""
     fix_mmap_threshold()  # the bridge owns this process: keep its large buffers from fragmenting the heap
     bridge = Bridge(settings)
     await bridge.start()
     try:
         await bridge.wait()
     finally:
-        stopping = asyncio.ensure_future(bridge.stop())
-        try:
-            await asyncio.shield(stopping)
-        except asyncio.CancelledError:
-            await stopping
-            raise
+        await bridge.stop()

@@ -12,7 +12,9 @@ Guarantees this module provides to the bridge:
   outstanding to us than that, and :meth:`MqttSource.pause` stops reading as a second guard;
 * :meth:`MqttSource.ack` acknowledges only on the connection that delivered the message (``generation``);
   after a reconnect the broker redelivers what was not acknowledged, so a stale ack is dropped;
-* reconnects (and resubscribes) by itself with capped exponential backoff after a broker restart;
+* reconnects (and resubscribes) by itself with capped exponential backoff (:class:`core.runtime.Backoff`)
+  after a broker restart; a broker that refuses the connection (bad credentials, not authorized) is
+  logged as an error with its reason code and tried again with the same backoff, never in a tight loop;
 * subscribes with Retain Handling 2 and Retain As Published off: the broker never sends its stored retained
   copies on (re)subscribe, and a live publish arrives without the retain flag, so a retained reading is
   taken once, when it is published (a copy that still carries the flag is dead-lettered by the bridge);
@@ -35,6 +37,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from core.runtime import Backoff
 from core.topics import telemetry_filter
 from ingest.metrics import BridgeStats
 from ingest.paho_client import AsyncioPahoClient
@@ -79,6 +82,8 @@ class MqttSource:
         """Increases with every successful connection; acks are only valid within one."""
         self.connected = False
         self.subscribed = False
+        self.refusal: str | None = None
+        """The reason code of the broker's last refusal of our CONNECT, until a connection succeeds."""
         self._paused = False
         self._resting = False
         self._closing = False
@@ -180,9 +185,10 @@ class MqttSource:
         self, client: paho.Client, _u: Any, flags: Any, reason: ReasonCode, _p: Properties | None
     ) -> None:
         if reason.is_failure:
-            log.error("MQTT broker refused the connection: %s", reason)
+            self.refusal = f"{reason} ({reason.value})"
             self._connack.set()
             return
+        self.refusal = None
         self.connected = True
         self.generation += 1
         self._stats.mqtt_connects += 1
@@ -270,43 +276,60 @@ class MqttSource:
         raise error
 
     async def run(self) -> None:
-        """Connect, subscribe and stay connected until cancelled."""
-        misc = asyncio.create_task(self._keepalive(), name="mqtt-keepalive")
-        backoff = _BACKOFF_MIN_S
-        try:
-            while not self._closing:
-                self._connack.clear()
-                self._lost.clear()
-                try:
-                    self._client.next_sock = await self._open_socket()
-                    self._client.reconnect()
-                    async with asyncio.timeout(_CONNECT_TIMEOUT_S):
-                        await self._connack.wait()
-                    if not self.connected:
-                        raise ConnectionError("the broker refused or dropped the connection")
-                except (OSError, TimeoutError) as exc:
-                    log.warning(
-                        "cannot connect to MQTT %s:%s: %r",
-                        self._settings.mqtt_host,
-                        self._settings.mqtt_port,
-                        exc,
+        """Connect, subscribe and stay connected until cancelled; the keep-alive runs beside it, and an
+        unexpected error of either fails this task."""
+        async with asyncio.TaskGroup() as group:
+            keepalive = group.create_task(self._keepalive(), name="mqtt-keepalive")
+            try:
+                await self._stay_connected()
+            finally:
+                keepalive.cancel()
+
+    async def _stay_connected(self) -> None:
+        s = self._settings
+        backoff = Backoff(_BACKOFF_MIN_S, _BACKOFF_MAX_S, healthy_after_s=_STABLE_CONNECTION_S)
+        while not self._closing:
+            self._connack.clear()
+            self._lost.clear()
+            try:
+                self._client.next_sock = await self._open_socket()
+                self._client.reconnect()
+                async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+                    await self._connack.wait()
+            except (OSError, TimeoutError) as exc:
+                self._abort_socket()
+                delay = backoff.delay()
+                log.warning(
+                    "cannot connect to MQTT %s:%s: %r; retrying in %.1f s",
+                    s.mqtt_host,
+                    s.mqtt_port,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            if not self.connected:
+                self._abort_socket()
+                delay = backoff.delay()
+                if self.refusal is not None:
+                    log.error(
+                        "MQTT broker %s:%s refused the bridge: %s; check CITYINGEST_MQTT_USERNAME, "
+                        "CITYINGEST_MQTT_PASSWORD and the broker's ACL; retrying in %.1f s",
+                        s.mqtt_host,
+                        s.mqtt_port,
+                        self.refusal,
+                        delay,
                     )
-                    self._abort_socket()
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, _BACKOFF_MAX_S)
-                    continue
-                connected_at = self._loop.time()
-                await self._lost.wait()
-                if self._loop.time() - connected_at > _STABLE_CONNECTION_S:
-                    backoff = _BACKOFF_MIN_S
-                elif not self._closing:
-                    # Dropped right away (e.g. another client took over our client id): do not hammer.
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, _BACKOFF_MAX_S)
-        finally:
-            misc.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await misc
+                else:
+                    log.warning("the MQTT broker dropped the connection at once; retrying in %.1f s", delay)
+                await asyncio.sleep(delay)
+                continue
+            backoff.started()
+            await self._lost.wait()
+            if not self._closing:
+                # Right after a stable connection this is the shortest delay; a connection dropped at once
+                # (e.g. another client took over our client id) backs off ever longer: do not hammer.
+                await asyncio.sleep(backoff.delay())
 
     async def _keepalive(self) -> None:
         while True:

@@ -7,7 +7,7 @@ Everything private of paho 2 that cityingest relies on (paho is pinned below 2.3
 * ``Client._in_packet["command"]`` and ``["packet"]`` (the PUBLISH being handled) and ``Client._sock``
   (the connected socket, to drain a TLS socket's decrypted bytes);
 * ``MQTTMessage(mid=..., topic=<bytes>)`` and ``MQTTMessage._topic`` (the raw topic bytes, which
-  ``ingest/bridge.py`` reads when a topic is not UTF-8).
+  ``ingest/records.py`` reads when a topic is not UTF-8).
 
 The overrides:
 

@@ -147,7 +147,7 @@ class PayloadParser:
                 _check_device(item, device_id)
                 readings.append(self._reading(item, received_us))
             except RejectedPayload as exc:
-                rejections.append(Rejection(exc.reason, f"reading {index}: {exc.message}", index, item))
+                rejections.append(Rejection(exc.reason.value, f"reading {index}: {exc.message}", index, item))
         return readings, rejections
 
 

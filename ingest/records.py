@@ -16,13 +16,17 @@ import base64
 import json
 import logging
 from collections import Counter
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from core.deadletter import DeadLetter, RejectedItem, RejectedReadings, encode_dead_letter
 from core.errors import RejectedPayload
 from core.readings import Envelope, encode_envelope
+from core.runtime import Backoff
 from core.types import RejectReason
 from ingest.parse import ParseResult, PayloadParser
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as paho
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +45,15 @@ plus at most ~100 KB of details, message and origin, so a dead letter stays unde
 class Record:
     """One Kafka record made from an MQTT message, and its delivery state."""
 
-    __slots__ = ("attempts", "failed", "key", "readings", "topic", "value")
+    __slots__ = ("backoff", "failed", "key", "readings", "refused_substitute", "topic", "value")
 
     def __init__(self, topic: str, key: bytes | None, value: bytes, readings: int) -> None:
         self.topic, self.key, self.value, self.readings = topic, key, value, readings
         self.failed = False
-        self.attempts = 0
+        self.backoff: Backoff | None = None
+        """The retry delays of this record, from its first retriable failure on."""
+        self.refused_substitute = False
+        """Whether this is the dead letter of a record Kafka refused for good."""
 
 
 class RecordMaker:
@@ -68,6 +75,23 @@ class RecordMaker:
         self._dlq_topic = dlq_topic
         self._max_payload_bytes = max_payload_bytes
         self._rejected = rejected
+
+    def of_message(self, message: paho.MQTTMessage, received_us: int) -> tuple[str, list[Record]]:
+        """The topic and records of one MQTT message. Never raises: whatever fails is dead-lettered as
+        internal_error, so the message is acknowledged like any other and never blocks the ones behind it."""
+        topic, raw = "", b""
+        try:
+            raw = bytes(message.payload)
+            try:
+                topic = message.topic
+            except UnicodeDecodeError:  # brokers refuse such topics; never trust that
+                topic = message._topic.decode("utf-8", "replace")
+            if message.retain:
+                return topic, [self.retained(topic, raw, received_us)]
+            return topic, self.records(raw, topic, received_us)
+        except Exception as exc:
+            log.exception("handling a message from %r failed; dead-lettering it as internal_error", topic)
+            return topic, [self.internal_error(exc, topic, raw, received_us)]
 
     def records(self, payload: bytes, topic: str, received_us: int) -> list[Record]:
         """The records of one message; never raises."""
@@ -159,6 +183,20 @@ class RecordMaker:
         return self.dead_letter(
             RejectReason.RETAINED, message, topic, raw, received_us, self._parser.device_of(topic)
         )
+
+    def refused(self, record: Record, why: str, topic: str, received_us: int, keep_bytes: int) -> Record:
+        """The ``record_too_large`` dead letter of a record Kafka refused for good; it keeps the record's
+        first ``keep_bytes`` (the readings it carried are lost, and the message says so)."""
+        raw = record.value[:keep_bytes]
+        device = record.key.decode("utf-8", "replace") if record.key else None
+        message = (
+            f"Kafka refused a {len(record.value)}-byte record for {record.topic} ({why}); "
+            f"its {record.readings} readings are not forwarded; "
+            f"the dead letter keeps its first {len(raw)} bytes"
+        )
+        letter = self.dead_letter(RejectReason.RECORD_TOO_LARGE, message, topic, raw, received_us, device)
+        letter.refused_substitute = True
+        return letter
 
     def internal_error(self, exc: BaseException, topic: str, raw: bytes, received_us: int) -> Record:
         """The ``internal_error`` dead letter of a message a bug of ours failed on; never raises."""

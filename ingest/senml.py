@@ -169,7 +169,7 @@ def resolve_pack(
         try:
             reading = _record(rec, base, device_id, received_us, validator, metrics)
         except RejectedPayload as exc:
-            rejections.append(Rejection(exc.reason, f"record {index}: {exc.message}", index, rec))
+            rejections.append(Rejection(exc.reason.value, f"record {index}: {exc.message}", index, rec))
             continue
         if reading is not None:
             readings.append(reading)

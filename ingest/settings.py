@@ -120,6 +120,12 @@ class BridgeSettings(KafkaSettings, MqttSettings):
     kafka_max_batch_bytes: int = Field(
         1_048_576, ge=16_384, description="Largest Kafka producer batch per partition, in bytes."
     )
+    kafka_max_request_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Largest Kafka request, so record, the producer sends (default: room for the largest "
+        "dead letter, at least 1 MiB); a record above it is dead-lettered as record_too_large.",
+    )
     kafka_retry_backoff_s: float = Field(
         0.5, gt=0, description="First delay before re-sending readings Kafka refused (doubles, max 30 s)."
     )

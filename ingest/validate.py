@@ -40,7 +40,7 @@ _MILLIS_BELOW: Final = 1e14
 
 def reject(reason: RejectReason, message: str) -> RejectedPayload:
     """A :class:`RejectedPayload` carrying a reason code from :class:`RejectReason`."""
-    return RejectedPayload(reason.value, message)
+    return RejectedPayload(reason, message)
 
 
 @dataclass(frozen=True, slots=True)

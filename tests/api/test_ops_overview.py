@@ -27,7 +27,6 @@ from consumers.metrics import ConsumerMetrics
 from core.deadletter import DeadLetter, encode_dead_letter
 from core.runtime import ProbeServer
 from devstack.process import free_port
-from ingest.http import HealthServer
 from ingest.metrics import BridgeStats, build_registry, render
 from tests.api.conftest import apply, envelope, register, started
 from tests.conftest import KafkaTopics
@@ -61,11 +60,13 @@ async def _never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 async def components() -> AsyncIterator[Components]:
     comps = Components()
     registry = build_registry(comps.bridge, lambda: 0, lambda: True)
-    bridge = HealthServer(
+    bridge = ProbeServer(
+        "bridge",
         "127.0.0.1",
         0,
         metrics=lambda: (render(registry), "text/plain; version=0.0.4; charset=utf-8"),
         not_ready_reasons=lambda: [],
+        healthy=lambda: True,
     )
     consumer = ProbeServer(
         "consumer",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 import uuid
@@ -40,6 +41,22 @@ def bridge_settings(
     }
     values.update(extra)
     return BridgeSettings(**values)
+
+
+def bridge_command(http_port: int, *flags: str) -> list[str]:
+    """The bridge command exactly as compose and Kubernetes run it (``cityingest bridge``, the image's
+    entry point), started from this interpreter: ``python -m cli bridge`` with its HTTP flags."""
+    return [
+        sys.executable,
+        "-m",
+        "cli",
+        "bridge",
+        "--http-host",
+        "127.0.0.1",
+        "--http-port",
+        str(http_port),
+        *flags,
+    ]
 
 
 def publish_all(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,7 +15,15 @@ from devstack.process import ChildProcess, free_port
 from devstack.tansu import TansuBroker
 from ingest.bridge import Bridge
 from tests.conftest import KafkaTopics
-from tests.ingest.support import TcpGate, TopicReader, bridge_settings, eventually, publish, reading_msg
+from tests.ingest.support import (
+    TcpGate,
+    TopicReader,
+    bridge_command,
+    bridge_settings,
+    eventually,
+    publish,
+    reading_msg,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -46,13 +53,12 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
         "CITYINGEST_READINGS_TOPIC": kafka_topics.readings,
         "CITYINGEST_DLQ_TOPIC": kafka_topics.dlq,
         "CITYINGEST_CLIENT_ID": f"crash-{uuid.uuid4().hex[:8]}",
-        "CITYINGEST_HTTP_PORT": str(http_port),
         "CITYINGEST_KAFKA_RETRY_BACKOFF_S": "0.2",
     }
 
     def launch(name: str) -> ChildProcess:
         proc = ChildProcess(
-            name, [sys.executable, "-m", "ingest"], log_path=tmp_path / f"{name}.log", env=env, cwd=ROOT
+            name, bridge_command(http_port), log_path=tmp_path / f"{name}.log", env=env, cwd=ROOT
         )
         proc.start()
         return proc

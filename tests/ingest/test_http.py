@@ -1,4 +1,4 @@
-"""The bridge's /metrics, /healthz and /readyz server, and its Prometheus metrics."""
+"""The bridge's /metrics, /healthz and /readyz (a core.runtime.ProbeServer) and its Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from ingest.http import HealthServer
+from core.runtime import ProbeServer
 from ingest.metrics import CONTENT_TYPE, BridgeStats, build_registry, render
 
 
@@ -15,8 +15,13 @@ async def test_endpoints_report_health_readiness_and_metrics() -> None:
     stats.rejected["unknown_metric"] += 3
     reasons: list[str] = []
     registry = build_registry(stats, lambda: 5, lambda: not reasons)
-    server = HealthServer(
-        "127.0.0.1", 0, metrics=lambda: (render(registry), CONTENT_TYPE), not_ready_reasons=lambda: reasons
+    server = ProbeServer(
+        "bridge",
+        "127.0.0.1",
+        0,
+        metrics=lambda: (render(registry), CONTENT_TYPE),
+        not_ready_reasons=lambda: reasons,
+        healthy=lambda: True,
     )
     await server.start()
     try:
@@ -55,7 +60,8 @@ async def test_endpoints_report_health_readiness_and_metrics() -> None:
 
 async def test_healthz_fails_when_the_bridge_died() -> None:
     alive = [True]
-    server = HealthServer(
+    server = ProbeServer(
+        "bridge",
         "127.0.0.1",
         0,
         metrics=lambda: (b"", CONTENT_TYPE),
@@ -74,7 +80,14 @@ async def test_healthz_fails_when_the_bridge_died() -> None:
 
 
 async def test_garbage_and_silent_clients_do_not_hurt_the_server() -> None:
-    server = HealthServer("127.0.0.1", 0, metrics=lambda: (b"", CONTENT_TYPE), not_ready_reasons=list)
+    server = ProbeServer(
+        "bridge",
+        "127.0.0.1",
+        0,
+        metrics=lambda: (b"", CONTENT_TYPE),
+        not_ready_reasons=list,
+        healthy=lambda: True,
+    )
     await server.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)

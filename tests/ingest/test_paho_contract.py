@@ -1,4 +1,4 @@
-"""The private parts of paho-mqtt that ingest/paho_client.py and ingest/bridge.py rely on still exist.
+"""The private parts of paho-mqtt that ingest/paho_client.py and ingest/records.py rely on still exist.
 
 A paho release that renames or reshapes one of them fails here, naming it, instead of as a bridge that
 silently stops receiving messages.

@@ -102,7 +102,7 @@ def test_integers_beyond_float_range_are_non_finite_values(parser: PayloadParser
     try:
         result = parse(parser, payload)
     except RejectedPayload as exc:
-        reason = exc.reason
+        reason: str = exc.reason
     else:
         assert result.envelope is None
         (rejection,) = result.rejections
@@ -366,7 +366,13 @@ def test_every_ingest_reason_is_covered() -> None:
     }
     # INTERNAL_ERROR is the bridge's answer to a parser bug, never the parser's: tests/ingest/test_records.py.
     # RETAINED is about the MQTT delivery, decided before parsing: tests/ingest/test_bridge_retained.py.
-    not_parser = {*consumer_only, RejectReason.INTERNAL_ERROR, RejectReason.RETAINED}
+    # RECORD_TOO_LARGE is Kafka refusing a record, after parsing: tests/ingest/test_bridge_kafka_errors.py.
+    not_parser = {
+        *consumer_only,
+        RejectReason.INTERNAL_ERROR,
+        RejectReason.RETAINED,
+        RejectReason.RECORD_TOO_LARGE,
+    }
     covered = {reason for reason, _, _ in WHOLE_PAYLOAD_CASES}
     assert covered == {r.value for r in RejectReason} - {r.value for r in not_parser}
     assert {reason for reason, _ in PER_RECORD_CASES} <= covered

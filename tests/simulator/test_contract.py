@@ -25,12 +25,14 @@ CATALOGUE = load_catalogue()
 NOT_FROM_DEVICES = {
     RejectReason.INTERNAL_ERROR,
     RejectReason.RETAINED,
+    RejectReason.RECORD_TOO_LARGE,
     RejectReason.STORE_REJECTED,
     RejectReason.ENVELOPE_UNDECODABLE,
     RejectReason.ENVELOPE_UNSUPPORTED_VERSION,
 }
 """A bridge bug, a broker's stored retained copy (a device's retained publish is taken once, like any
-other), or the consumer's side of Kafka: no device payload causes these on purpose."""
+other), Kafka refusing a record (only below the default request limit, which fits the largest record a
+payload makes), or the consumer's side of Kafka: no device payload causes these on purpose."""
 
 
 @pytest.fixture(scope="module")
