@@ -134,7 +134,7 @@ class DevStack:
             ServiceWatch(
                 "Tansu",
                 self.kafka,
-                before_restart=self._stop_consumers,
+                before_restart=self._stop_kafka_clients,
                 after_restart=self._kafka_replaced,
                 consequence="Tansu keeps records in memory only: every record the consumers had not "
                 "applied yet is LOST",
@@ -294,16 +294,21 @@ class DevStack:
                     comp.restarts += 1
                     comp.respawn()
 
-    async def _stop_consumers(self) -> None:
-        for comp in self._component("consumer"):
-            await asyncio.to_thread(comp.proc.stop)
+    async def _stop_kafka_clients(self) -> None:
+        # The bridges too: a producer that reconnects to the new Tansu before its topics exist has its
+        # records acknowledged and then lost when they are created. Mosquitto queues for the bridges.
+        for name in ("bridge", "consumer"):
+            for comp in self._component(name):
+                await asyncio.to_thread(comp.proc.stop)
 
     async def _kafka_replaced(self) -> None:
-        """After Tansu died and restarted empty: recreate the topics and restart the consumers from 0."""
+        """After Tansu died and restarted empty: recreate the topics, restart the consumers from 0, then
+        the bridges."""
         await ensure_topics(self.endpoints.kafka, self._topics())
         # The new topics start at offset 0: offsets stored for the dead broker's records would skip them.
         await forget_offsets(self.endpoints.database, self.settings.readings_topic)
         await self._restart(self._component("consumer"))
+        await self._restart(self._component("bridge"))
 
     async def _maybe_rotate_kafka(self) -> None:
         limit = self.settings.kafka_max_rss_mb
