@@ -27,7 +27,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from consumers.clients import create_store_pool, dead_letter_producer, group_member
 from consumers.fetch import BatchFetcher
-from consumers.lifecycle import State, check_state
 from consumers.maintenance import retention_loop
 from consumers.metrics import ConsumerMetrics
 from consumers.rebalance import Assignment
@@ -37,6 +36,7 @@ from consumers.storeerrors import describe
 from consumers.storehealth import StoreHealth
 from core.catalogue import load_catalogue
 from core.errors import BrokerUnavailable
+from core.lifecycle import State, check_state
 from core.runtime import ProbeServer
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-_PREFIX = "cityingest_consumer"
+from core import metricnames as names
+
+_PREFIX = names.CONSUMER_PREFIX
 
 
 class ConsumerMetrics:
@@ -14,9 +16,9 @@ class ConsumerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.records = Counter(f"{_PREFIX}_records", "Kafka records consumed.", registry=r)
-        self.readings = Counter(f"{_PREFIX}_readings", "Readings in the records consumed.", registry=r)
+        self.readings = Counter(names.CONSUMER_READINGS, "Readings in the records consumed.", registry=r)
         self.stored = Counter(
-            f"{_PREFIX}_readings_stored", "Readings new to the store, folded into the rollups.", registry=r
+            names.CONSUMER_READINGS_STORED, "Readings new to the store, folded into the rollups.", registry=r
         )
         self.duplicates = Counter(
             f"{_PREFIX}_duplicates", "Readings ignored because the store already had them.", registry=r
@@ -34,7 +36,7 @@ class ConsumerMetrics:
             registry=r,
         )
         self.dead_letters = Counter(
-            f"{_PREFIX}_dead_letters", "Records sent to the dead-letter topic.", ["reason"], registry=r
+            names.CONSUMER_DEAD_LETTERS, "Records sent to the dead-letter topic.", ["reason"], registry=r
         )
         self.store_errors = Counter(
             f"{_PREFIX}_store_errors", "Failed attempts to apply a batch or read offsets.", registry=r

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from typing import Final, Self
@@ -37,6 +36,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from core.catalogue import Catalogue, load_catalogue
+from core.lifecycle import State, StateError
 from core.runtime import ProbeServer
 from ingest.kafka import kafka_reachable, start_producer
 from ingest.memory import fix_mmap_threshold
@@ -51,17 +51,6 @@ log = logging.getLogger(__name__)
 
 _PROBE_INTERVAL_S: Final = 2.0
 _DRAIN_TIMEOUT_S: Final = 10.0
-
-
-class State(enum.Enum):
-    """Where a bridge is in its life; public methods check it first."""
-
-    NEW = "new"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    FAILED = "failed"
 
 
 class Bridge:
@@ -179,7 +168,7 @@ class Bridge:
     async def start(self) -> None:
         """Start the HTTP endpoints, then connect to Kafka and MQTT in the background. Only once."""
         if self._state is not State.NEW:
-            raise RuntimeError(f"bridge {self.settings.bridge_id} cannot start: it is {self._state.value}")
+            raise StateError(f"bridge {self.settings.bridge_id} cannot start: it is {self._state.value}")
         self._state = State.STARTING
         try:
             self._mqtt = MqttSource(self.settings, self._on_message, self.stats)
@@ -194,7 +183,7 @@ class Bridge:
     async def wait(self) -> None:
         """Wait until the bridge stops; re-raise what made it fail."""
         if self._state is State.NEW:
-            raise RuntimeError(f"bridge {self.settings.bridge_id} was not started")
+            raise StateError(f"bridge {self.settings.bridge_id} was not started")
         task = self._run_task
         if task is not None:
             await asyncio.wait({task})  # the caller's cancellation propagates, the task's does not

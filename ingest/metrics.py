@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from core import metricnames as names
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -61,35 +63,39 @@ class _StatsCollector:
 
     def collect(self) -> Iterable[Metric]:
         s = self._stats
-        prefix = "cityingest_bridge"
+        prefix = names.BRIDGE_PREFIX
         simple = [
-            ("messages_received", "MQTT messages received from devices.", s.messages_received),
+            (names.BRIDGE_MESSAGES_RECEIVED, "MQTT messages received from devices.", s.messages_received),
             (
-                "messages_acked",
+                f"{prefix}_messages_acked",
                 "MQTT messages acknowledged to the broker after Kafka took them.",
                 s.messages_acked,
             ),
             (
-                "messages_failed",
+                f"{prefix}_messages_failed",
                 "MQTT messages acknowledged without a record or dead letter after a bridge bug (logged).",
                 s.messages_failed,
             ),
-            ("readings_forwarded", "Valid readings Kafka acknowledged.", s.readings_forwarded),
-            ("records_forwarded", "Kafka records (envelopes) Kafka acknowledged.", s.records_forwarded),
-            ("dead_letters", "Dead-letter records Kafka acknowledged.", s.dead_letters_written),
-            ("kafka_errors", "Kafka sends that failed (each is retried).", s.kafka_errors),
-            ("mqtt_connects", "Successful MQTT connections, the first included.", s.mqtt_connects),
-            ("mqtt_reconnects", "Successful MQTT connections after the first.", s.mqtt_reconnects),
+            (names.BRIDGE_READINGS_FORWARDED, "Valid readings Kafka acknowledged.", s.readings_forwarded),
             (
-                "intake_pauses",
+                f"{prefix}_records_forwarded",
+                "Kafka records (envelopes) Kafka acknowledged.",
+                s.records_forwarded,
+            ),
+            (names.BRIDGE_DEAD_LETTERS, "Dead-letter records Kafka acknowledged.", s.dead_letters_written),
+            (f"{prefix}_kafka_errors", "Kafka sends that failed (each is retried).", s.kafka_errors),
+            (f"{prefix}_mqtt_connects", "Successful MQTT connections, the first included.", s.mqtt_connects),
+            (f"{prefix}_mqtt_reconnects", "Successful MQTT connections after the first.", s.mqtt_reconnects),
+            (
+                f"{prefix}_intake_pauses",
                 "Times MQTT reading paused: in-flight messages or bytes at their limit.",
                 s.intake_pauses,
             ),
         ]
         for name, doc, value in simple:
-            yield CounterMetricFamily(f"{prefix}_{name}", doc, value=value)
+            yield CounterMetricFamily(name, doc, value=value)
         rejected = CounterMetricFamily(
-            f"{prefix}_rejected", "Rejected payloads and readings by reason.", labels=["reason"]
+            names.BRIDGE_REJECTED, "Rejected payloads and readings by reason.", labels=["reason"]
         )
         for reason, count in sorted(s.rejected.items()):
             rejected.add_metric([reason], count)

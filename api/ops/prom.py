@@ -12,6 +12,9 @@ from typing import Final, Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from core import metricnames as names
+from core.metricnames import sample_name
+
 Kind = Literal["bridge", "consumer", "component"]
 
 INGEST_READINGS: Final = "ingest_readings"
@@ -22,16 +25,16 @@ DEAD_LETTERS: Final = "dead_letters"
 
 # Sample names as exposed (a counter family ``x`` exposes its value as ``x_total``).
 _COUNTERS: Final = {
-    "cityingest_bridge_readings_forwarded_total": INGEST_READINGS,
-    "cityingest_bridge_messages_received_total": INGEST_MESSAGES,
-    "cityingest_bridge_dead_letters_total": DEAD_LETTERS,
-    "cityingest_consumer_readings_total": CONSUME_READINGS,
-    "cityingest_consumer_readings_stored_total": STORED_READINGS,
+    sample_name(names.BRIDGE_READINGS_FORWARDED): INGEST_READINGS,
+    sample_name(names.BRIDGE_MESSAGES_RECEIVED): INGEST_MESSAGES,
+    sample_name(names.BRIDGE_DEAD_LETTERS): DEAD_LETTERS,
+    sample_name(names.CONSUMER_READINGS): CONSUME_READINGS,
+    sample_name(names.CONSUMER_READINGS_STORED): STORED_READINGS,
 }
 # Rejections by reason: the bridge counts rejected payloads and readings, the consumer the records it
 # dead-letters (which are also its whole dead-letter count).
-_BRIDGE_REJECTED: Final = "cityingest_bridge_rejected_total"
-_CONSUMER_DEAD: Final = "cityingest_consumer_dead_letters_total"
+_BRIDGE_REJECTED: Final = sample_name(names.BRIDGE_REJECTED)
+_CONSUMER_DEAD: Final = sample_name(names.CONSUMER_DEAD_LETTERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +61,9 @@ def _parse(text: str) -> Scrape:
     rejected: defaultdict[str, float] = defaultdict(float)
     kind: Kind = "component"
     for family in text_string_to_metric_families(text):
-        if family.name.startswith("cityingest_bridge_"):
+        if family.name.startswith(names.BRIDGE_PREFIX + "_"):
             kind = "bridge"
-        elif family.name.startswith("cityingest_consumer_"):
+        elif family.name.startswith(names.CONSUMER_PREFIX + "_"):
             kind = "consumer"
         for sample in family.samples:
             if sample.name in _COUNTERS:

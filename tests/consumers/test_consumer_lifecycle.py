@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from consumers.consumer import Consumer
-from consumers.lifecycle import State, StateError
 from core.errors import StoreUnavailable
+from core.lifecycle import State, StateError
 from devstack.postgres import PostgresCluster
 from migrations import apply_migrations
 from tests.conftest import KafkaTopics

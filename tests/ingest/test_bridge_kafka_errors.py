@@ -11,10 +11,11 @@ import orjson
 import pytest
 
 from core.errors import BrokerRefused
+from core.lifecycle import State
 from core.types import RejectReason
 from devstack.mosquitto import MosquittoBroker
 from devstack.process import free_port
-from ingest.bridge import Bridge, State
+from ingest.bridge import Bridge
 from tests.conftest import KafkaTopics
 from tests.ingest.support import (
     TopicReader,

@@ -12,9 +12,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from core.errors import BrokerUnavailable
+from core.lifecycle import State
 from devstack.mosquitto import MosquittoBroker, broker_config
 from devstack.process import free_port
-from ingest.bridge import Bridge, State
+from ingest.bridge import Bridge
 from ingest.kafka import kafka_reachable
 from ingest.paho_client import AsyncioPahoClient
 from ingest.settings import BridgeSettings

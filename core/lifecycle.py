@@ -1,4 +1,4 @@
-"""The lifecycle of a long-running consumer component, checked at the top of its public methods."""
+"""The lifecycle of a long-running component (bridge, consumer), checked at the top of its public methods."""
 
 from __future__ import annotations
 
