@@ -25,7 +25,7 @@ from consumers.sink import stored_offsets
 from consumers.storeerrors import store_connection
 from consumers.storehealth import StoreHealth
 from core.errors import StoreUnavailable
-from core.offsets import PROBE_WAIT_MS, real_end_offsets
+from core.offsets import PROBE_CLIENT_OPTIONS, real_end_offsets
 from core.runtime import Backoff
 
 log = logging.getLogger(__name__)
@@ -148,14 +148,11 @@ class Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _real_ends(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         """Where ``latest`` starts: each partition's real end (Tansu's ListOffsets answer falls short)."""
-        # Its own client without a group: the probe assigns and seeks, which a group member must not.
+        # Its own client: the probe assigns and seeks, which a group member must not.
         client = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=None,
             client_id=f"{self.settings.consumer_id}-ends",
-            enable_auto_commit=False,
-            fetch_max_wait_ms=PROBE_WAIT_MS,
-            auto_offset_reset="latest",
+            **PROBE_CLIENT_OPTIONS,
         )
         await client.start()
         try:

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,16 @@ TP = TypeVar("TP", bound=Hashable)
 
 PROBE_WAIT_MS = 100
 """Longest wait of one fetch round; callers give their client the same ``fetch_max_wait_ms``."""
+
+PROBE_CLIENT_OPTIONS: Final[Mapping[str, object]] = {
+    # No group: the probe assigns and seeks, which a group member must not.
+    "group_id": None,
+    "enable_auto_commit": False,
+    "fetch_max_wait_ms": PROBE_WAIT_MS,
+    # A probe position out of range (retention deleted it meanwhile) restarts at the reported end.
+    "auto_offset_reset": "latest",
+}
+"""Keyword arguments of the ``AIOKafkaConsumer`` every caller of :func:`real_end_offsets` builds."""
 
 
 class HasOffset(Protocol):

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from core.deadletter import DeadLetter, decode_dead_letter
-from core.offsets import PROBE_WAIT_MS, EndOffsets, real_end_offsets
+from core.offsets import PROBE_CLIENT_OPTIONS, PROBE_WAIT_MS, EndOffsets, real_end_offsets
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,8 @@ def probe_client(bootstrap: str, timeout_s: float) -> AIOKafkaConsumer:
     """A consumer without a group, for :func:`core.offsets.real_end_offsets` (and reading a topic's tail)."""
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
         request_timeout_ms=max(1000, int(timeout_s * 1000)),
-        fetch_max_wait_ms=PROBE_WAIT_MS,
-        # A probe position out of range (retention deleted it meanwhile) restarts at the reported end.
-        auto_offset_reset="latest",
+        **PROBE_CLIENT_OPTIONS,
     )
 
 
