@@ -20,7 +20,13 @@ from ingest.bridge import Bridge
 from tests.api.conftest import started
 from tests.conftest import KafkaTopics
 from tests.consumers.harness import ConsumerProcess, consumer_env, project_env
-from tests.ingest.support import TopicReader, bridge_settings, eventually, publish, reading_msg
+from tests.ingest.support import (
+    TopicReader,
+    eventually,
+    publish,
+    reading_msg,
+    wired_settings,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -44,14 +50,7 @@ async def test_longest_device_id_passes_every_stage_and_a_longer_one_is_refused_
     database_url: str,
     tmp_path: Path,
 ) -> None:
-    settings = bridge_settings(
-        mqtt_broker.host,
-        mqtt_broker.port,
-        kafka_bootstrap,
-        kafka_topics.readings,
-        kafka_topics.dlq,
-        mqtt_prefix,
-    )
+    settings = wired_settings(mqtt_broker, kafka_bootstrap, kafka_topics, mqtt_prefix)
     good_topic, body = reading_msg(mqtt_prefix, LONGEST, 7.5)
     long_topic, _ = reading_msg(mqtt_prefix, TOO_LONG, 8.5)
 

@@ -19,7 +19,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from core.deadletter import DeadLetter, decode_dead_letter
 from core.readings import Envelope, decode_envelope
+from devstack.mosquitto import MosquittoBroker
 from ingest.settings import BridgeSettings
+from tests.conftest import KafkaTopics
 
 
 def bridge_settings(
@@ -57,6 +59,15 @@ def bridge_command(http_port: int, *flags: str) -> list[str]:
         str(http_port),
         *flags,
     ]
+
+
+def wired_settings(
+    broker: MosquittoBroker, kafka_bootstrap: str, topics: KafkaTopics, prefix: str, **extra: Any
+) -> BridgeSettings:
+    """:func:`bridge_settings` for the session's Mosquitto and Tansu and this test's topics and prefix."""
+    return bridge_settings(
+        broker.host, broker.port, kafka_bootstrap, topics.readings, topics.dlq, prefix, **extra
+    )
 
 
 def publish_all(

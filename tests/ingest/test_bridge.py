@@ -19,11 +19,11 @@ from ingest.settings import BridgeSettings
 from tests.conftest import KafkaTopics
 from tests.ingest.support import (
     TopicReader,
-    bridge_settings,
     eventually,
     publish,
     publish_qos0,
     reading_msg,
+    wired_settings,
 )
 
 pytestmark = [pytest.mark.integration]
@@ -32,14 +32,7 @@ pytestmark = [pytest.mark.integration]
 async def test_valid_traffic_lands_in_readings(
     mqtt_broker: MosquittoBroker, kafka_bootstrap: str, kafka_topics: KafkaTopics, mqtt_prefix: str
 ) -> None:
-    settings = bridge_settings(
-        mqtt_broker.host,
-        mqtt_broker.port,
-        kafka_bootstrap,
-        kafka_topics.readings,
-        kafka_topics.dlq,
-        mqtt_prefix,
-    )
+    settings = wired_settings(mqtt_broker, kafka_bootstrap, kafka_topics, mqtt_prefix)
     single = {"metric": "water_flow", "value": 12.5, "ts": "2026-01-01T00:00:00Z", "unit": "m3/h"}
     batch = {
         "readings": [{"metric": "voltage", "value": 231.0, "ts": 1.767e9}, {"metric": "current", "value": 5}]
@@ -90,12 +83,10 @@ async def test_valid_traffic_lands_in_readings(
 async def test_bad_traffic_is_dead_lettered_with_its_reason(
     mqtt_broker: MosquittoBroker, kafka_bootstrap: str, kafka_topics: KafkaTopics, mqtt_prefix: str
 ) -> None:
-    settings = bridge_settings(
-        mqtt_broker.host,
-        mqtt_broker.port,
+    settings = wired_settings(
+        mqtt_broker,
         kafka_bootstrap,
-        kafka_topics.readings,
-        kafka_topics.dlq,
+        kafka_topics,
         mqtt_prefix,
         max_payload_bytes=1024,
     )
@@ -166,12 +157,10 @@ async def test_two_bridges_share_a_subscription_without_duplicates(
     mqtt_broker: MosquittoBroker, kafka_bootstrap: str, kafka_topics: KafkaTopics, mqtt_prefix: str
 ) -> None:
     def settings(name: str) -> BridgeSettings:
-        return bridge_settings(
-            mqtt_broker.host,
-            mqtt_broker.port,
+        return wired_settings(
+            mqtt_broker,
             kafka_bootstrap,
-            kafka_topics.readings,
-            kafka_topics.dlq,
+            kafka_topics,
             mqtt_prefix,
             shared_group="bridges",
             bridge_id=name,
@@ -202,14 +191,7 @@ async def test_publish_properties_and_qos_0_are_handled(
     mqtt_broker: MosquittoBroker, kafka_bootstrap: str, kafka_topics: KafkaTopics, mqtt_prefix: str
 ) -> None:
     """MQTT 5 properties on a PUBLISH are skipped correctly; a QoS 0 message is forwarded and needs no ack."""
-    settings = bridge_settings(
-        mqtt_broker.host,
-        mqtt_broker.port,
-        kafka_bootstrap,
-        kafka_topics.readings,
-        kafka_topics.dlq,
-        mqtt_prefix,
-    )
+    settings = wired_settings(mqtt_broker, kafka_bootstrap, kafka_topics, mqtt_prefix)
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.UserProperty = [("site", "north" * 40), ("fw", "1.2.3")]
     props.ContentType = "application/json"

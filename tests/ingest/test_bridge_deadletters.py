@@ -23,7 +23,7 @@ from ingest.parse import PayloadParser
 from ingest.records import RecordMaker
 from ingest.settings import BridgeSettings
 from tests.conftest import KafkaTopics
-from tests.ingest.support import TcpGate, TopicReader, bridge_settings, eventually, publish
+from tests.ingest.support import TcpGate, TopicReader, bridge_settings, eventually, publish, wired_settings
 
 pytestmark = [pytest.mark.integration]
 
@@ -53,14 +53,7 @@ def _message_bytes(settings: BridgeSettings, topic: str, payload: bytes) -> int:
 async def test_a_message_of_invalid_readings_is_one_dead_letter_counting_every_reading(
     mqtt_broker: MosquittoBroker, kafka_bootstrap: str, kafka_topics: KafkaTopics, mqtt_prefix: str
 ) -> None:
-    settings = bridge_settings(
-        mqtt_broker.host,
-        mqtt_broker.port,
-        kafka_bootstrap,
-        kafka_topics.readings,
-        kafka_topics.dlq,
-        mqtt_prefix,
-    )
+    settings = wired_settings(mqtt_broker, kafka_bootstrap, kafka_topics, mqtt_prefix)
     sent: dict[str, tuple[bytes, Counter[str]]] = {}
     for i in range(3):
         sent[f"bad-{i}"] = invalid_batch([10.0 * i + 1, 10.0 * i + 2])
@@ -103,12 +96,10 @@ async def test_a_message_of_invalid_readings_is_one_dead_letter_counting_every_r
 async def test_a_message_larger_than_the_byte_budget_still_goes_through(
     mqtt_broker: MosquittoBroker, kafka_bootstrap: str, kafka_topics: KafkaTopics, mqtt_prefix: str
 ) -> None:
-    settings = bridge_settings(
-        mqtt_broker.host,
-        mqtt_broker.port,
+    settings = wired_settings(
+        mqtt_broker,
         kafka_bootstrap,
-        kafka_topics.readings,
-        kafka_topics.dlq,
+        kafka_topics,
         mqtt_prefix,
         max_in_flight_bytes=1,
     )

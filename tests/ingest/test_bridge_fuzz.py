@@ -19,7 +19,13 @@ from core.topics import telemetry_filter
 from devstack.mosquitto import MosquittoBroker
 from ingest.bridge import Bridge
 from tests.conftest import KafkaTopics
-from tests.ingest.support import TopicReader, bridge_settings, eventually, publish, reading_msg
+from tests.ingest.support import (
+    TopicReader,
+    eventually,
+    publish,
+    reading_msg,
+    wired_settings,
+)
 from tests.ingest.test_parse_fuzz import METRICS, UNITS, json_scalars, json_values, readings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -120,14 +126,7 @@ class Running:
 async def running(
     mqtt_broker: MosquittoBroker, kafka_bootstrap: str, kafka_topics: KafkaTopics, mqtt_prefix: str
 ) -> AsyncIterator[Running]:
-    settings_ = bridge_settings(
-        mqtt_broker.host,
-        mqtt_broker.port,
-        kafka_bootstrap,
-        kafka_topics.readings,
-        kafka_topics.dlq,
-        mqtt_prefix,
-    )
+    settings_ = wired_settings(mqtt_broker, kafka_bootstrap, kafka_topics, mqtt_prefix)
     async with Bridge(settings_) as bridge:
         await eventually(lambda: not bridge.not_ready_reasons(), 30, "the bridge to be ready")
         async with TopicReader(kafka_bootstrap, kafka_topics.readings) as reader:

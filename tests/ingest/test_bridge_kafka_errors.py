@@ -20,10 +20,10 @@ from tests.conftest import KafkaTopics
 from tests.ingest.support import (
     TopicReader,
     bridge_command,
-    bridge_settings,
     eventually,
     publish,
     reading_msg,
+    wired_settings,
 )
 
 pytestmark = [pytest.mark.integration]
@@ -41,12 +41,10 @@ def _big_message(prefix: str) -> tuple[str, bytes]:
 async def test_a_record_kafka_refuses_as_too_large_is_dead_lettered_and_the_acks_go_on(
     mqtt_broker: MosquittoBroker, kafka_bootstrap: str, kafka_topics: KafkaTopics, mqtt_prefix: str
 ) -> None:
-    settings = bridge_settings(
-        mqtt_broker.host,
-        mqtt_broker.port,
+    settings = wired_settings(
+        mqtt_broker,
         kafka_bootstrap,
-        kafka_topics.readings,
-        kafka_topics.dlq,
+        kafka_topics,
         mqtt_prefix,
         kafka_max_request_bytes=MAX_REQUEST,
     )
@@ -84,12 +82,10 @@ async def test_kafka_refusing_the_bridge_for_good_fails_it_instead_of_retrying_f
 ) -> None:
     # Tansu answers the idempotent producer's InitProducerId with an error aiokafka does not call
     # retriable: no retry can help, so the bridge must fail, not wait for ever.
-    settings = bridge_settings(
-        mqtt_broker.host,
-        mqtt_broker.port,
+    settings = wired_settings(
+        mqtt_broker,
         kafka_bootstrap,
-        kafka_topics.readings,
-        kafka_topics.dlq,
+        kafka_topics,
         mqtt_prefix,
         kafka_idempotence=True,
     )

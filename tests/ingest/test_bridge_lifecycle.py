@@ -20,7 +20,7 @@ from ingest.kafka import kafka_reachable
 from ingest.paho_client import AsyncioPahoClient
 from ingest.settings import BridgeSettings
 from tests.conftest import KafkaTopics
-from tests.ingest.support import bridge_settings, eventually, publish, reading_msg
+from tests.ingest.support import bridge_settings, eventually, publish, reading_msg, wired_settings
 
 pytestmark = [pytest.mark.integration]
 
@@ -30,14 +30,7 @@ def settings(
     mqtt_broker: MosquittoBroker, kafka_bootstrap: str, kafka_topics: KafkaTopics, mqtt_prefix: str
 ) -> BridgeSettings:
     """A bridge wired to the session's Mosquitto and Tansu."""
-    return bridge_settings(
-        mqtt_broker.host,
-        mqtt_broker.port,
-        kafka_bootstrap,
-        kafka_topics.readings,
-        kafka_topics.dlq,
-        mqtt_prefix,
-    )
+    return wired_settings(mqtt_broker, kafka_bootstrap, kafka_topics, mqtt_prefix)
 
 
 async def _status(port: int, path: str) -> int:

@@ -15,7 +15,13 @@ from devstack.mosquitto import MosquittoBroker
 from ingest.bridge import Bridge
 from ingest.records import RecordMaker
 from tests.conftest import KafkaTopics
-from tests.ingest.support import TopicReader, bridge_settings, eventually, publish, reading_msg
+from tests.ingest.support import (
+    TopicReader,
+    eventually,
+    publish,
+    reading_msg,
+    wired_settings,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -29,14 +35,7 @@ GOOD = 20
 async def test_poison_message_is_dead_lettered_and_the_messages_behind_it_flow(
     mqtt_broker: MosquittoBroker, kafka_bootstrap: str, kafka_topics: KafkaTopics, mqtt_prefix: str
 ) -> None:
-    settings = bridge_settings(
-        mqtt_broker.host,
-        mqtt_broker.port,
-        kafka_bootstrap,
-        kafka_topics.readings,
-        kafka_topics.dlq,
-        mqtt_prefix,
-    )
+    settings = wired_settings(mqtt_broker, kafka_bootstrap, kafka_topics, mqtt_prefix)
     topic = f"{mqtt_prefix}/water/x/telemetry"
     good = [reading_msg(mqtt_prefix, "x", float(i)) for i in range(GOOD)]
     async with Bridge(settings) as bridge:
@@ -99,14 +98,7 @@ async def test_unexpected_failure_on_a_message_is_dead_lettered_and_acknowledged
         monkeypatch.setattr(ingest.records, "encode_dead_letter", _fail_internal(encode_dead_letter))
     if fault == "everything":
         monkeypatch.setattr(RecordMaker, "internal_error", _raise)
-    settings = bridge_settings(
-        mqtt_broker.host,
-        mqtt_broker.port,
-        kafka_bootstrap,
-        kafka_topics.readings,
-        kafka_topics.dlq,
-        mqtt_prefix,
-    )
+    settings = wired_settings(mqtt_broker, kafka_bootstrap, kafka_topics, mqtt_prefix)
     bad_topic, bad_payload = reading_msg(mqtt_prefix, "f-1", bad_value)
     messages = [
         reading_msg(mqtt_prefix, "f-1", 1.0),

@@ -20,11 +20,11 @@ from ingest.settings import BridgeSettings, derive_client_id, guessable_client_i
 from tests.conftest import KafkaTopics
 from tests.ingest.support import (
     TopicReader,
-    bridge_settings,
     connect_clean,
     eventually,
     publish,
     reading_msg,
+    wired_settings,
 )
 
 pytestmark = [pytest.mark.integration]
@@ -48,14 +48,7 @@ async def test_outsider_with_a_guessable_client_id_cannot_wipe_the_backlog(
     mqtt_prefix: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    base = bridge_settings(
-        mqtt_broker.host,
-        mqtt_broker.port,
-        kafka_bootstrap,
-        kafka_topics.readings,
-        kafka_topics.dlq,
-        mqtt_prefix,
-    )
+    base = wired_settings(mqtt_broker, kafka_bootstrap, kafka_topics, mqtt_prefix)
     settings = _as_dev_stack_runs_it(base, monkeypatch, uuid.uuid4().hex * 2)
     # The bridge's persistent session must exist before devices publish, or nothing is queued for it.
     async with Bridge(settings) as bridge:

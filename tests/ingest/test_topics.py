@@ -9,7 +9,13 @@ from core.topics import telemetry_filter
 from devstack.mosquitto import MosquittoBroker
 from ingest.bridge import Bridge
 from tests.conftest import KafkaTopics
-from tests.ingest.support import TopicReader, bridge_settings, eventually, publish, reading_msg
+from tests.ingest.support import (
+    TopicReader,
+    eventually,
+    publish,
+    reading_msg,
+    wired_settings,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -22,14 +28,7 @@ def test_subscription_covers_the_whole_prefix() -> None:
 async def test_non_telemetry_topics_under_the_prefix_are_dead_lettered(
     mqtt_broker: MosquittoBroker, kafka_bootstrap: str, kafka_topics: KafkaTopics, mqtt_prefix: str
 ) -> None:
-    settings = bridge_settings(
-        mqtt_broker.host,
-        mqtt_broker.port,
-        kafka_bootstrap,
-        kafka_topics.readings,
-        kafka_topics.dlq,
-        mqtt_prefix,
-    )
+    settings = wired_settings(mqtt_broker, kafka_bootstrap, kafka_topics, mqtt_prefix)
     good_topic, body = reading_msg(mqtt_prefix, "pump-1", 1.0)
     wrong = [
         f"{mqtt_prefix}/environment/x/status",
