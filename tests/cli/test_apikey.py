@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from api.auth import parse_key
 from devstack.process import free_port
 from devstack.runfile import RUN_FILE, running_endpoint
 
@@ -50,7 +51,9 @@ async def test_create_list_revoke(database_url: str) -> None:
     )
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
-    key_id = key.split("_")[1]
+    parsed = parse_key(key)
+    assert parsed is not None, key
+    key_id, secret = parsed
 
     listed = _cli("list", "--database-url", database_url)
     assert listed.returncode == 0, listed.stderr
@@ -59,7 +62,7 @@ async def test_create_list_revoke(database_url: str) -> None:
     assert "metrics:read" in line
     assert "city-dashboard" in line
     assert "never" in line
-    assert key.split("_")[2] not in listed.stdout  # the secret is never shown again
+    assert secret not in listed.stdout  # the secret is never shown again
 
     revoked = _cli("revoke", key_id, "--database-url", database_url)
     assert revoked.returncode == 0, revoked.stderr
@@ -79,7 +82,9 @@ async def test_revoke_by_whole_key(database_url: str) -> None:
     key = _cli("create", "--name", "n", "--scope", "ops:read", "--database-url", database_url).stdout.strip()
     result = _cli("revoke", key, "--database-url", database_url)
     assert result.returncode == 0, result.stderr
-    assert await _revoked(database_url, key.split("_")[1])
+    parsed = parse_key(key)
+    assert parsed is not None, key
+    assert await _revoked(database_url, parsed[0])
 
 
 @pytest.mark.parametrize(
