@@ -39,7 +39,10 @@ from api.decimals import decimals_of, rounded
 from core.catalogue import MetricSpec
 from core.readings import TS_RANGE_TEXT
 
-ObsStatus = Literal["A", "Q", "O"]
+ObsStatus = Literal["A", "P", "Q", "O"]
+"""SDMX CL_OBS_STATUS codes used: A normal, P provisional (not yet released), Q suppressed, O missing."""
+ConfStatus = Literal["F", "C", "D"]
+"""SDMX CL_CONF_STATUS codes used: F free, C confidential (primary), D secondary confidentiality."""
 TOTAL: Final = "_T"
 """Value of a breakdown the caller did not ask for (SDMX: total)."""
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
@@ -122,6 +125,13 @@ class StatisticsCell:
     obs_status: Annotated[ObsStatus, Field(description="A normal, Q suppressed (< k devices), O no data.")]
     suppressed: bool
     """Whether disclosure control removed this cell's values (obs_status Q)."""
+    conf_status: Annotated[
+        ConfStatus,
+        Field(description="F free, C suppressed (< k devices), D suppressed to protect another cell."),
+    ] = "F"
+    release: Annotated[
+        int | None, Field(description="The release that published this cell; null while provisional.")
+    ] = None
 
 
 class Row(Protocol):
@@ -169,6 +179,7 @@ def shape_cell(row: Row, spec: MetricSpec, by: Sequence[str], k: int) -> Statist
         devices_without_interval=int(row["devices_without_interval"] or 0),
         obs_status=status,
         suppressed=hidden,
+        conf_status="C" if hidden else "F",
     )
 
 
