@@ -30,11 +30,27 @@ from tests.deploy.compose import (
 )
 
 REPO: Final = Path(__file__).resolve().parents[2]
-REQUIRED_SECRETS: Final = {"POSTGRES_PASSWORD", "MQTT_BRIDGE_PASSWORD", "MQTT_CLIENT_ID_SECRET"}
+REQUIRED_SECRETS: Final = {
+    "POSTGRES_PASSWORD",
+    "MQTT_ADMIN_PASSWORD",
+    "MQTT_BRIDGE_PASSWORD",
+    "MQTT_CLIENT_ID_SECRET",
+}
+# The TLS files, each a Compose secret: (variable, secret name).
+TLS_FILES: Final = {
+    "MQTT_SERVER_CERT_FILE": "mqtt_server_cert",
+    "MQTT_SERVER_KEY_FILE": "mqtt_server_key",
+    "MQTT_SERVER_CA_FILE": "mqtt_server_ca",
+    "MQTT_DEVICE_CA_FILE": "mqtt_device_ca",
+    "MQTT_DEVICE_CA_KEY_FILE": "mqtt_device_ca_key",
+}
 ENV: Final = {
     "POSTGRES_PASSWORD": "pg-secret",
+    "MQTT_ADMIN_PASSWORD": "admin-secret",
     "MQTT_BRIDGE_PASSWORD": "mqtt-secret",
     "MQTT_CLIENT_ID_SECRET": "0123456789abcdef" * 4,
+    "MQTT_HOSTNAME": "mqtt.city.example",
+    **{var: f"/secure/{name}.pem" for var, name in TLS_FILES.items()},
     "KAFKA_PARTITIONS": "12",
 }
 ONE_SHOT: Final = {"migrate", "kafka-topics"}
@@ -103,7 +119,7 @@ def test_schema_catches_mistakes(raw: dict[str, Any]) -> None:
     assert any("service_ready" in e for e in errors), errors
 
 
-@pytest.mark.parametrize("secret", sorted(REQUIRED_SECRETS))
+@pytest.mark.parametrize("secret", sorted(REQUIRED_SECRETS | set(TLS_FILES) | {"MQTT_HOSTNAME"}))
 def test_required_secrets_fail_fast(raw: dict[str, Any], secret: str) -> None:
     env = {k: v for k, v in ENV.items() if k != secret}
     with pytest.raises(MissingVariable) as caught:
@@ -186,7 +202,7 @@ def test_two_bridges_share_one_subscription(compose: dict[str, Any], monkeypatch
         assert s.client_id == derive_client_id(s.bridge_id, ENV["MQTT_CLIENT_ID_SECRET"])
     assert len({s.bridge_id for s in bridge_settings}) == 2
     for s in bridge_settings:
-        assert s.mqtt_username == "bridge"
+        assert s.mqtt_username == "cityingest-bridge"
         assert s.mqtt_password == ENV["MQTT_BRIDGE_PASSWORD"]
         assert s.kafka_idempotence is True  # real Kafka
 
@@ -267,7 +283,134 @@ def test_infrastructure_images(compose: dict[str, Any]) -> None:
     assert set(kafka_env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
     assert "zookeeper" not in yaml.safe_dump(compose).lower()
     assert kafka_env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-    # Mosquitto runs our entrypoint, which builds its password file from the secrets.
+    # Mosquitto runs our entrypoint, which bootstraps dynamic security from the secrets.
     mosquitto = services["mosquitto"]
     assert mosquitto["entrypoint"] == ["/etc/cityingest/entrypoint.sh"]
     assert "./deploy/mosquitto:/etc/cityingest:ro" in mosquitto["volumes"]
+    assert "mqttdata:/mosquitto/data" in mosquitto["volumes"]  # the dynamic security state persists
+
+
+def mosquitto_conf() -> dict[str, list[str]]:
+    """deploy/mosquitto's configuration (with the optional listener) as option -> values, in order."""
+    options: dict[str, list[str]] = {}
+    for name in ("mosquitto.conf", "client-cert-listener.conf"):
+        for line in (REPO / "deploy" / "mosquitto" / name).read_text(encoding="utf-8").splitlines():
+            if line.strip() and not line.startswith("#"):
+                key, _, value = line.partition(" ")
+                options.setdefault(key, []).append(value)
+    return options
+
+
+def test_mqtt_is_tls_only(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = mosquitto_conf()
+    assert conf["listener"] == ["8883", "8884"]
+    # Every listener has its certificate, key and CA and takes TLS 1.2 at least.
+    for option in ("certfile", "keyfile", "cafile", "tls_version", "require_certificate"):
+        assert len(conf[option]) == len(conf["listener"]), option
+    assert set(conf["tls_version"]) == {"tlsv1.2"}
+    assert conf["require_certificate"] == ["false", "true"]
+    assert conf["use_identity_as_username"] == ["true"]
+    assert conf["allow_anonymous"] == ["false"]
+    assert conf["per_listener_settings"] == ["false"]
+    # Published: only the TLS listeners; nothing anywhere speaks MQTT in clear text.
+    mosquitto = compose["services"]["mosquitto"]
+    assert sorted(port.rsplit(":", 1)[1] for port in mosquitto["ports"]) == ["8883", "8884"]
+    assert "1883" not in yaml.safe_dump(compose)
+    assert "1883" not in "".join(
+        (REPO / "deploy" / "mosquitto" / name).read_text(encoding="utf-8")
+        for name in ("mosquitto.conf", "client-cert-listener.conf", "entrypoint.sh")
+    )
+    for name, svc in services_running(compose, "bridge").items():
+        _, settings, _ = settings_of(svc, monkeypatch)
+        assert isinstance(settings, BridgeSettings)
+        assert (settings.mqtt_host, settings.mqtt_port, settings.mqtt_tls) == (
+            ENV["MQTT_HOSTNAME"],
+            8883,
+            True,
+        ), name
+    # The API reaches the broker (dynamic security) with the same settings (core MqttSettings).
+    api_env = compose["services"]["api"]["environment"]
+    for key, value in compose["services"]["bridge-1"]["environment"].items():
+        if key.startswith("CITYINGEST_MQTT_") and key not in {
+            "CITYINGEST_MQTT_USERNAME",
+            "CITYINGEST_MQTT_PASSWORD",
+            "CITYINGEST_MQTT_CLIENT_ID_SECRET",
+        }:
+            assert api_env[key] == value, key
+    # The bridges and the API reach the broker by the name in its certificate: an alias of the service.
+    assert mosquitto["networks"]["default"]["aliases"] == [ENV["MQTT_HOSTNAME"]]
+
+
+def test_tls_files_come_from_secrets(raw: dict[str, Any], compose: dict[str, Any]) -> None:
+    conf = mosquitto_conf()
+    entrypoint = (REPO / "deploy" / "mosquitto" / "entrypoint.sh").read_text(encoding="utf-8")
+    # The broker reads the copies the entrypoint makes of the secrets mqtt_server_cert, mqtt_server_key
+    # and mqtt_device_ca (its own user must be able to read them).
+    copies = {
+        "server.crt": "mqtt_server_cert",
+        "server.key": "mqtt_server_key",
+        "device-ca.crt": "mqtt_device_ca",
+    }
+    for option in ("certfile", "keyfile", "cafile"):
+        for path in conf[option]:
+            name = path.removeprefix("/mosquitto/config/tls/")
+            assert name in copies, path
+            assert f"{copies[name]}:{name}" in entrypoint
+    assert "secrets=${MQTT_SECRETS_DIR:-/run/secrets}" in entrypoint
+    # Each is a file secret named by a required variable, never a path or content in the file.
+    for var, name in TLS_FILES.items():
+        assert raw["secrets"][name]["file"].startswith(f"${{{var}:?"), name
+        assert compose["secrets"][name] == {"file": ENV[var]}
+    services = compose["services"]
+    assert set(services["mosquitto"]["secrets"]) == {
+        "mqtt_server_cert",
+        "mqtt_server_key",
+        "mqtt_server_ca",
+        "mqtt_device_ca",
+    }
+    assert set(services["api"]["secrets"]) == {"mqtt_server_ca", "mqtt_device_ca", "mqtt_device_ca_key"}
+    for name in ("bridge-1", "bridge-2"):
+        assert services[name]["secrets"] == ["mqtt_server_ca"]
+    # Every file path a service is given is one of its mounted secrets.
+    for name, svc in services.items():
+        for key, value in svc.get("environment", {}).items():
+            if str(value).startswith("/run/secrets/"):
+                assert str(value).removeprefix("/run/secrets/") in svc["secrets"], (name, key)
+
+
+def test_dynamic_security_replaces_the_password_file() -> None:
+    conf = mosquitto_conf()
+    assert conf["plugin"] == ["/usr/lib/mosquitto_dynamic_security.so"]  # the eclipse-mosquitto image's
+    assert conf["plugin_opt_config_file"] == ["/mosquitto/data/dynamic-security.json"]
+    for gone in ("password_file", "acl_file", "psk_file"):
+        assert gone not in conf
+    assert not (REPO / "deploy" / "mosquitto" / "acl").exists()
+    assert not (REPO / "deploy" / "mosquitto" / "devices.example").exists()
+
+
+def test_api_and_bridges_follow_the_contract(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = compose["services"]
+    api_env = services["api"]["environment"]
+    assert api_env["CITYINGEST_DYNSEC_ENABLED"] == "true"
+    assert api_env["CITYINGEST_DYNSEC_USERNAME"] == "cityingest-admin"
+    assert api_env["CITYINGEST_DYNSEC_PASSWORD"] == ENV["MQTT_ADMIN_PASSWORD"]
+    assert api_env["CITYINGEST_DEVICE_CA_CERT_FILE"] == "/run/secrets/mqtt_device_ca"
+    assert api_env["CITYINGEST_DEVICE_CA_KEY_FILE"] == "/run/secrets/mqtt_device_ca_key"
+    # The API waits for the broker it provisions devices on.
+    assert services["api"]["depends_on"]["mosquitto"] == {"condition": "service_healthy"}
+    mosquitto_env = services["mosquitto"]["environment"]
+    assert mosquitto_env["MQTT_ADMIN_PASSWORD"] == ENV["MQTT_ADMIN_PASSWORD"]
+    assert mosquitto_env["MQTT_BRIDGE_PASSWORD"] == ENV["MQTT_BRIDGE_PASSWORD"]
+    # Only the bridges hold the bridge's password; only the API and the broker the admin's.
+    for name, svc in services.items():
+        values = {str(v) for v in svc.get("environment", {}).values()}
+        if name not in {"bridge-1", "bridge-2", "mosquitto"}:
+            assert ENV["MQTT_BRIDGE_PASSWORD"] not in values, name
+        if name not in {"api", "mosquitto"}:
+            assert ENV["MQTT_ADMIN_PASSWORD"] not in values, name
+    for svc in services_running(compose, "bridge").values():
+        _, settings, _ = settings_of(svc, monkeypatch)
+        assert isinstance(settings, BridgeSettings)
+        assert settings.mqtt_ca_file == "/run/secrets/mqtt_server_ca"
