@@ -303,3 +303,63 @@ def test_the_ops_overview_reaches_every_bridge_and_consumer(rendered: list[dict[
         assert ports[port["targetPort"]] == port["port"]
         served.add((component, workload, port["port"], True))
     assert configured == served
+
+
+def test_mqtt_is_tls_with_files_from_the_secret(rendered: list[dict[str, Any]]) -> None:
+    config = config_data(rendered)
+    assert config["CITYINGEST_MQTT_PORT"] == "8883"
+    assert config["CITYINGEST_MQTT_TLS"] == "true"
+    assert "1883" not in yaml.safe_dump_all(rendered)
+    example = yaml.safe_load((K8S / "secret.example.yaml").read_text(encoding="utf-8"))
+    for workload in (d for d in rendered if d["kind"] in WORKLOADS):
+        pod = workload["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for container in pod["containers"]:
+            mounted: set[str] = set()
+            for mount in container.get("volumeMounts", []):
+                secret = volumes[mount["name"]].get("secret")
+                if secret is None:
+                    continue
+                # Secret files: read-only, from the documented Secret's keys, readable by the pod's group.
+                assert mount["readOnly"] is True
+                assert secret["secretName"] == example["metadata"]["name"]
+                assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+                for item in secret["items"]:
+                    assert item["key"] in example["stringData"], item
+                    mounted.add(f"{mount['mountPath']}/{item['path']}")
+            env = {v["name"]: v.get("value") for v in container.get("env", [])}
+            files = {
+                key: value
+                for key, value in {**config, **env}.items()
+                if key.endswith("_FILE") and key.startswith("CITYINGEST_") and value
+            }
+            # Every TLS file a process is given is a file of the Secret mounted in its container.
+            if container["args"][0] in {"bridge", "api"}:
+                assert files, container["name"]
+                for key, value in files.items():
+                    assert value in mounted, (container["name"], key)
+    # No key the bridges do not need: the bridge gets the server CA only.
+    bridge = only(rendered, "StatefulSet", "cityingest-bridge")["spec"]["template"]["spec"]
+    (tls,) = [v for v in bridge["volumes"] if "secret" in v]
+    assert [i["key"] for i in tls["secret"]["items"]] == ["mqtt-server-ca"]
+
+
+def test_api_and_bridges_use_their_dynsec_accounts(rendered: list[dict[str, Any]]) -> None:
+    (api,) = only(rendered, "Deployment", "cityingest-api")["spec"]["template"]["spec"]["containers"]
+    env = {v["name"]: v for v in api["env"]}
+    assert env["CITYINGEST_DYNSEC_ENABLED"]["value"] == "true"
+    assert env["CITYINGEST_DYNSEC_USERNAME"]["value"] == "cityingest-admin"
+    assert env["CITYINGEST_DYNSEC_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "mqtt-admin-password"
+    assert "CITYINGEST_MQTT_PASSWORD" not in env
+    bridge = only(rendered, "StatefulSet", "cityingest-bridge")
+    (container,) = bridge["spec"]["template"]["spec"]["containers"]
+    env = {v["name"]: v for v in container["env"]}
+    assert env["CITYINGEST_MQTT_USERNAME"]["value"] == "cityingest-bridge"
+    assert env["CITYINGEST_MQTT_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "mqtt-bridge-password"
+    assert "CITYINGEST_DYNSEC_PASSWORD" not in env
+    # Secrets are never written into a manifest: every password or key comes from a secretKeyRef.
+    for workload in (d for d in rendered if d["kind"] in WORKLOADS):
+        for c in pod_containers(workload):
+            for var in c.get("env", []):
+                if any(word in var["name"] for word in ("PASSWORD", "SECRET", "DATABASE_URL")):
+                    assert "value" not in var or "$(" in var["value"], (c["name"], var["name"])
