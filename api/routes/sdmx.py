@@ -43,6 +43,8 @@ from api.statistics_cache import StatisticsCache
 from core.catalogue import MetricSpec
 
 router = APIRouter(prefix="/sdmx", tags=["sdmx"])
+# Structure paths (/{structure}/...) would also match /data/...: they are added after the data routes.
+_structure_router = APIRouter()
 
 
 def _public(request: Request) -> bool:
@@ -171,26 +173,65 @@ def referenced(snapshot: Snapshot, items: Sequence[st.Stored], references: str) 
     return [s for s in related if s.kind == references]
 
 
-@router.get("/{structure}/{agency_id}", responses=_STRUCTURE_RESPONSES, response_class=Response)
-@router.get("/{structure}/{agency_id}/{resource_id}", responses=_STRUCTURE_RESPONSES, response_class=Response)
-@router.get(
+@dataclass(frozen=True, slots=True)
+class StructureQuery:
+    """The query parameters of a structure query."""
+
+    references: References = "none"
+    detail: Detail = "full"
+
+
+StructureParams = Annotated[StructureQuery, Depends()]
+AgencyId = Annotated[str, Path(description="Agency id, or all; + separates several.")]
+ResourceId = Annotated[str, Path(description="Structure id, or all; + separates several.")]
+Version = Annotated[str, Path(description="Version, latest or all; + separates several.")]
+
+
+@_structure_router.get("/{structure}/{agency_id}", responses=_STRUCTURE_RESPONSES, response_class=Response)
+async def structures_of_agency(
+    request: Request, pool: PoolDep, _: Reader, structure: StructureType, agency_id: AgencyId,
+    query: StructureParams, accept: Accept = None,
+) -> Response:  # fmt: skip
+    """The latest versions of an agency's structures of one type (SDMX-ML 2.1 structure message)."""
+    return await structures(request, pool, structure, agency_id, "all", "latest", query, accept)
+
+
+@_structure_router.get(
+    "/{structure}/{agency_id}/{resource_id}", responses=_STRUCTURE_RESPONSES, response_class=Response
+)
+async def structures_latest(
+    request: Request, pool: PoolDep, _: Reader, structure: StructureType, agency_id: AgencyId,
+    resource_id: ResourceId, query: StructureParams, accept: Accept = None,
+) -> Response:  # fmt: skip
+    """The latest version of a structure (SDMX-ML 2.1 structure message)."""
+    return await structures(request, pool, structure, agency_id, resource_id, "latest", query, accept)
+
+
+@_structure_router.get(
     "/{structure}/{agency_id}/{resource_id}/{version}",
     responses=_STRUCTURE_RESPONSES,
     response_class=Response,
 )
+async def structures_versioned(
+    request: Request, pool: PoolDep, _: Reader, structure: StructureType, agency_id: AgencyId,
+    resource_id: ResourceId, version: Version, query: StructureParams, accept: Accept = None,
+) -> Response:  # fmt: skip
+    """Structures (dataflow, DSD, codelists, concept scheme) as an SDMX-ML 2.1 structure message."""
+    return await structures(request, pool, structure, agency_id, resource_id, version, query, accept)
+
+
 async def structures(
     request: Request,
-    pool: PoolDep,
-    _: Reader,
-    structure: StructureType,
-    agency_id: Annotated[str, Path(description="Agency id, or all; + separates several.")],
-    resource_id: Annotated[str, Path(description="Structure id, or all; + separates several.")] = "all",
-    version: Annotated[str, Path(description="Version, latest or all; + separates several.")] = "latest",
-    references: References = "none",
-    detail: Detail = "full",
-    accept: Accept = None,
+    pool: Any,
+    structure: str,
+    agency_id: str,
+    resource_id: str,
+    version: str,
+    query: StructureQuery,
+    accept: str | None,
 ) -> Response:
-    """Structures (dataflow, DSD, codelists, concept scheme) as an SDMX-ML 2.1 structure message."""
+    """The structure message answering a structure query."""
+    references, detail = query.references, query.detail
     media = negotiate_structure(accept)
     if media is None:
         return _error(SdmxError(406, 406, "Not acceptable: structures are served as SDMX-ML 2.1 only"))
@@ -272,44 +313,92 @@ Period = Annotated[
 ]
 
 
-@router.get("/data/{flow_ref}", responses=_DATA_RESPONSES, response_class=Response)
-@router.get("/data/{flow_ref}/{key}", responses=_DATA_RESPONSES, response_class=Response)
-@router.get("/data/{flow_ref}/{key}/{provider_ref}", responses=_DATA_RESPONSES, response_class=Response)
-async def data(
-    request: Request,
-    pool: PoolDep,
-    settings: SettingsDep,
-    catalogue: CatalogueDep,
-    cache: StatisticsCacheDep,
-    _: Reader,
-    flow_ref: Annotated[str, Path(description="ID, AGENCY,ID or AGENCY,ID,VERSION of the dataflow.")],
-    key: Annotated[
-        str,
-        Path(description="FREQ.REF_AREA.DOMAIN.PROVENANCE.INDICATOR.STATISTIC; empty = any, + = or, all."),
-    ] = "all",
-    provider_ref: Annotated[str, Path(description="Data provider (all, or the agency).")] = "all",
-    startPeriod: Period = None,
-    endPeriod: Period = None,
-    updatedAfter: datetime | None = None,
-    firstNObservations: Annotated[int | None, Query(ge=1)] = None,
-    lastNObservations: Annotated[int | None, Query(ge=1)] = None,
-    dimensionAtObservation: str = "TIME_PERIOD",
-    detail: Literal["full", "dataonly", "serieskeysonly", "nodata"] = "full",
+@dataclass(frozen=True, slots=True)
+class DataQuery:
+    """The query parameters of a data query (SDMX REST 1.5 names)."""
+
+    startPeriod: Period = None
+    endPeriod: Period = None
+    updatedAfter: Annotated[
+        datetime | None, Query(description="Observations changed after this time (once releases exist).")
+    ] = None
+    firstNObservations: Annotated[int | None, Query(ge=1)] = None
+    lastNObservations: Annotated[int | None, Query(ge=1)] = None
+    dimensionAtObservation: Annotated[
+        str, Query(description="TIME_PERIOD, AllDimensions or a dimension.")
+    ] = (
+        "TIME_PERIOD"
+    )
+    detail: Literal["full", "dataonly", "serieskeysonly", "nodata"] = "full"
     format: Annotated[
-        str | None, Query(description="genericdata, structurespecificdata, csvfile, csv2, ...")
-    ] = None,
+        str | None,
+        Query(
+            description="Shortcut for Accept: genericdata, structurespecificdata, generictimeseriesdata, "
+            "structurespecifictimeseriesdata, csvfile (or csv), csv2."
+        ),
+    ] = None
     release: Annotated[
         int | None, Query(ge=1, description="Figures of this release (once releases exist).")
-    ] = None,
-    asOf: datetime | None = None,
+    ] = None
+    asOf: Annotated[
+        datetime | None, Query(description="Figures as published at this time (once releases exist).")
+    ] = None
+
+
+DataParams = Annotated[DataQuery, Depends()]
+FlowRefPath = Annotated[str, Path(description="ID, AGENCY,ID or AGENCY,ID,VERSION of the dataflow.")]
+KeyPath = Annotated[
+    str, Path(description="FREQ.REF_AREA.DOMAIN.PROVENANCE.INDICATOR.STATISTIC; empty = any, + = or; or all.")
+]
+ProviderPath = Annotated[str, Path(description="Data provider: all, or the agency id.")]
+
+
+@router.get("/data/{flow_ref}", responses=_DATA_RESPONSES, response_class=Response)
+async def data_all(
+    request: Request, pool: PoolDep, settings: SettingsDep, catalogue: CatalogueDep, cache: StatisticsCacheDep,
+    _: Reader, flow_ref: FlowRefPath, query: DataParams, accept: Accept = None,
+) -> Response:  # fmt: skip
+    """Every observation of the dataflow in the period (key ``all``)."""
+    return await data(request, pool, settings, catalogue, cache, flow_ref, "all", "all", query, accept)
+
+
+@router.get("/data/{flow_ref}/{key}", responses=_DATA_RESPONSES, response_class=Response)
+async def data_key(
+    request: Request, pool: PoolDep, settings: SettingsDep, catalogue: CatalogueDep, cache: StatisticsCacheDep,
+    _: Reader, flow_ref: FlowRefPath, key: KeyPath, query: DataParams, accept: Accept = None,
+) -> Response:  # fmt: skip
+    """Observations for an SDMX key; the figures of /v1/statistics/monthly."""
+    return await data(request, pool, settings, catalogue, cache, flow_ref, key, "all", query, accept)
+
+
+@router.get("/data/{flow_ref}/{key}/{provider_ref}", responses=_DATA_RESPONSES, response_class=Response)
+async def data_key_provider(
+    request: Request, pool: PoolDep, settings: SettingsDep, catalogue: CatalogueDep, cache: StatisticsCacheDep,
+    _: Reader, flow_ref: FlowRefPath, key: KeyPath, provider_ref: ProviderPath, query: DataParams,
     accept: Accept = None,
+) -> Response:  # fmt: skip
+    """Observations for an SDMX key from a data provider (the agency is the only one)."""
+    return await data(request, pool, settings, catalogue, cache, flow_ref, key, provider_ref, query, accept)
+
+
+async def data(
+    request: Request,
+    pool: Any,
+    settings: ApiSettings,
+    catalogue: Any,
+    cache: StatisticsCache,
+    flow_ref: str,
+    key: str,
+    provider_ref: str,
+    q: DataQuery,
+    accept: str | None,
 ) -> Response:
-    """Observations of the statistics dataflow for an SDMX key; the figures of /v1/statistics/monthly."""
+    """The data message answering a data query; SDMX errors and 400 problems otherwise."""
     try:
         return await _data(
-            request, pool, settings, catalogue, cache, flow_ref, key, provider_ref, startPeriod, endPeriod,
-            updatedAfter, firstNObservations, lastNObservations, dimensionAtObservation, detail, format,
-            release, asOf, accept,
+            request, pool, settings, catalogue, cache, flow_ref, key, provider_ref, q.startPeriod, q.endPeriod,
+            q.updatedAfter, q.firstNObservations, q.lastNObservations, q.dimensionAtObservation, q.detail,
+            q.format, q.release, q.asOf, accept,
         )  # fmt: skip
     except SdmxError as exc:
         return _error(exc)
@@ -503,3 +592,6 @@ async def _months(
 def _back(month: date, n: int) -> date:
     index = month.year * 12 + month.month - 1 - n
     return date(index // 12, index % 12 + 1, 1)
+
+
+router.include_router(_structure_router)
