@@ -326,9 +326,7 @@ class DataQuery:
     lastNObservations: Annotated[int | None, Query(ge=1)] = None
     dimensionAtObservation: Annotated[
         str, Query(description="TIME_PERIOD, AllDimensions or a dimension.")
-    ] = (
-        "TIME_PERIOD"
-    )
+    ] = "TIME_PERIOD"
     detail: Literal["full", "dataonly", "serieskeysonly", "nodata"] = "full"
     format: Annotated[
         str | None,
@@ -355,7 +353,8 @@ ProviderPath = Annotated[str, Path(description="Data provider: all, or the agenc
 
 @router.get("/data/{flow_ref}", responses=_DATA_RESPONSES, response_class=Response)
 async def data_all(
-    request: Request, pool: PoolDep, settings: SettingsDep, catalogue: CatalogueDep, cache: StatisticsCacheDep,
+    request: Request, pool: PoolDep, settings: SettingsDep, catalogue: CatalogueDep,
+    cache: StatisticsCacheDep,
     _: Reader, flow_ref: FlowRefPath, query: DataParams, accept: Accept = None,
 ) -> Response:  # fmt: skip
     """Every observation of the dataflow in the period (key ``all``)."""
@@ -364,7 +363,8 @@ async def data_all(
 
 @router.get("/data/{flow_ref}/{key}", responses=_DATA_RESPONSES, response_class=Response)
 async def data_key(
-    request: Request, pool: PoolDep, settings: SettingsDep, catalogue: CatalogueDep, cache: StatisticsCacheDep,
+    request: Request, pool: PoolDep, settings: SettingsDep, catalogue: CatalogueDep,
+    cache: StatisticsCacheDep,
     _: Reader, flow_ref: FlowRefPath, key: KeyPath, query: DataParams, accept: Accept = None,
 ) -> Response:  # fmt: skip
     """Observations for an SDMX key; the figures of /v1/statistics/monthly."""
@@ -373,7 +373,8 @@ async def data_key(
 
 @router.get("/data/{flow_ref}/{key}/{provider_ref}", responses=_DATA_RESPONSES, response_class=Response)
 async def data_key_provider(
-    request: Request, pool: PoolDep, settings: SettingsDep, catalogue: CatalogueDep, cache: StatisticsCacheDep,
+    request: Request, pool: PoolDep, settings: SettingsDep, catalogue: CatalogueDep,
+    cache: StatisticsCacheDep,
     _: Reader, flow_ref: FlowRefPath, key: KeyPath, provider_ref: ProviderPath, query: DataParams,
     accept: Accept = None,
 ) -> Response:  # fmt: skip
@@ -396,9 +397,9 @@ async def data(
     """The data message answering a data query; SDMX errors and 400 problems otherwise."""
     try:
         return await _data(
-            request, pool, settings, catalogue, cache, flow_ref, key, provider_ref, q.startPeriod, q.endPeriod,
-            q.updatedAfter, q.firstNObservations, q.lastNObservations, q.dimensionAtObservation, q.detail,
-            q.format, q.release, q.asOf, accept,
+            request, pool, settings, catalogue, cache, flow_ref, key, provider_ref, q.startPeriod,
+            q.endPeriod, q.updatedAfter, q.firstNObservations, q.lastNObservations,
+            q.dimensionAtObservation, q.detail, q.format, q.release, q.asOf, accept,
         )  # fmt: skip
     except SdmxError as exc:
         return _error(exc)
