@@ -16,7 +16,9 @@ from api.guard import BodyGuard
 from api.metrics import ApiMetrics, MetricsMiddleware, StatisticsCacheCollector
 from api.openapi_links import add_links
 from api.problems import install_problem_handlers
-from api.routes import aggregates, coverage, devices, health, ops, ops_dashboard, series, statistics
+from api.routes import aggregates, coverage, devices, health, ops, ops_dashboard, sdmx, series, statistics
+from api.sdmx.store import StructureStore
+from api.sdmx.structures import Names
 from api.settings import ApiSettings
 from api.statistics_cache import StatisticsCache
 from core.catalogue import load_catalogue
@@ -52,12 +54,17 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.catalogue = load_catalogue(settings.catalogue_file)
     app.state.metrics = ApiMetrics()
     app.state.statistics_cache = StatisticsCache(settings.statistics_cache_rows)
+    app.state.sdmx_structures = StructureStore(
+        Names(settings.sdmx_agency, settings.sdmx_dataflow, settings.sdmx_dataflow_name),
+        app.state.catalogue,
+        settings.domains,
+    )
     secret = settings.cursor_secret.get_secret_value() if settings.cursor_secret else None
     app.state.cursor_key = CursorKey(secret)
     app.state.metrics.registry.register(StatisticsCacheCollector(app.state.statistics_cache))
     _install_openapi_links(app)
     install_problem_handlers(app)
-    for module in (health, devices, series, aggregates, statistics, coverage, ops, ops_dashboard):
+    for module in (health, devices, series, aggregates, statistics, coverage, ops, ops_dashboard, sdmx):
         app.include_router(module.router)
     # Added first, so it runs inside the metrics middleware: refused requests are counted too.
     app.add_middleware(BodyGuard, api=app, max_body_bytes=settings.max_body_bytes)

@@ -161,6 +161,23 @@ def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
+def require_unless(
+    scope: Scope, public: Callable[[Request], bool]
+) -> Callable[..., Awaitable[Principal | None]]:
+    """Like :func:`require`, but admits anyone (None) while ``public(request)`` holds (SDMX public mode)."""
+
+    async def dependency(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Security(_bearer, scopes=[scope.value]),  # noqa: B008
+    ) -> Principal | None:
+        if public(request):
+            return None
+        return await authorize(request, credentials, scope)
+
+    # Not in _REQUIRED: the body guard must not demand a key that public mode waives.
+    return dependency
+
+
 def required_scope(dependant: Dependant) -> Scope | None:
     """The scope a route's dependencies demand through :func:`require`, or None for an open route."""
     pending = [dependant]

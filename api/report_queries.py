@@ -167,6 +167,13 @@ async def monthly_statistics(
     return out
 
 
+@translated(request_data=False)
+async def first_month(pool: Pool) -> datetime | None:
+    """The first month with readings (the monthly rollups' first bucket), or None when there are none."""
+    first: datetime | None = await pool.fetchval("SELECT min(bucket) FROM readings_monthly")
+    return first
+
+
 # $1 month start, $2 month end, $3 now, $4 domain (NULL = every domain).
 _COVERAGE_SQL: Final = """
 WITH got AS (

@@ -62,6 +62,29 @@ class ApiSettings(DatabaseSettings, KafkaSettings, DomainSettings):
         2.0, gt=0, description="How long /v1/ops/overview waits for the store and for each component."
     )
 
+    sdmx_agency: str = Field(
+        "CITYINGEST",
+        pattern=r"^[A-Za-z][A-Za-z0-9_\-]*(\.[A-Za-z][A-Za-z0-9_\-]*)*$",
+        max_length=100,
+        description="SDMX agency id the structures and data are published under (an SDMX id).",
+    )
+    sdmx_dataflow: str = Field(
+        "CITY_SENSORS_MONTHLY",
+        pattern=r"^[A-Za-z0-9_@$\-]+$",
+        max_length=100,
+        description="Id of the SDMX dataflow of the monthly statistics (its DSD is DSD_<id>).",
+    )
+    sdmx_dataflow_name: str = Field(
+        "City sensor statistics, monthly", min_length=1, description="Name of the SDMX dataflow."
+    )
+    sdmx_public: bool = Field(False, description="Serve /sdmx without an API key (open dissemination).")
+    sdmx_max_observations: int = Field(
+        200_000,
+        ge=1,
+        description="Most observations one /sdmx/data query may ask for (bounded from the key and the "
+        "codelists before any query runs); broader queries get 413.",
+    )
+
     @field_validator("ops_components", mode="before")
     @classmethod
     def _parse_ops_components(cls, value: Any) -> Any:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import Field
 
@@ -19,6 +19,7 @@ from api.export import to_csv
 from api.pagination import Cursor, Limit, Page
 from api.problems import Problem
 from api.routes.aggregates import parse_group_by
+from api.sdmx import structures as sdmx_structures
 from api.sdmx import to_sdmx_csv
 from api.statistics import StatisticsCell, month_range, parse_month, shape_cell
 from core.types import Provenance
@@ -67,6 +68,7 @@ def _item(cell: StatisticsCell) -> dict[str, Any]:
     responses={200: {"content": {"text/csv": {}, "application/vnd.sdmx.data+csv; version=1.0.0": {}}}},
 )
 async def monthly(
+    request: Request,
     pool: PoolDep,
     settings: SettingsDep,
     catalogue: CatalogueDep,
@@ -110,8 +112,11 @@ async def monthly(
             to_csv(cells), media_type="text/csv; charset=utf-8", headers=_attachment(metric, "csv")
         )
     if format == "sdmx-csv":
+        snapshot = await request.app.state.sdmx_structures.current(pool)
         return Response(
-            to_sdmx_csv(cells, spec),
+            to_sdmx_csv(
+                cells, spec, sdmx_structures.schema(snapshot.flow, snapshot.versions), snapshot.codes
+            ),
             media_type="application/vnd.sdmx.data+csv; version=1.0.0; charset=utf-8",
             headers=_attachment(metric, "sdmx.csv"),
         )

@@ -164,7 +164,8 @@ async def test_sdmx_csv_parses_back(client: httpx.AsyncClient, auth: dict[str, s
     assert resp.headers["content-type"].startswith("application/vnd.sdmx.data+csv")
     datasets = read_sdmx(resp.text)
     assert len(datasets) == 1
-    assert datasets[0].short_urn == "Dataflow=CITYINGEST:CITY_SENSORS_MONTHLY(1.0)"
+    # The current stored dataflow version (/sdmx), no longer a fixed 1.0.
+    assert datasets[0].short_urn == "Dataflow=CITYINGEST:CITY_SENSORS_MONTHLY(1.0.0)"
     assert len(datasets[0].data) == 7
     rows = list(csv.DictReader(io.StringIO(resp.text)))
     assert list(rows[0])[:8] == [

@@ -8,14 +8,18 @@ One row per cell and statistic. Dimensions: ``FREQ`` (M), ``REF_AREA`` (district
 ``PROVENANCE`` (``_T`` when not broken down, ``_U`` when a device has no district), ``INDICATOR``
 (the metric), ``STATISTIC`` (MEAN, MIN, MAX for gauges; TOTAL, the consumption, for counters) and
 ``TIME_PERIOD`` (YYYY-MM). Measure ``OBS_VALUE``. Attributes ``UNIT_MEASURE`` (the catalogue unit),
-``OBS_STATUS`` (A normal, Q suppressed, O missing), ``NB_DEVICES`` (devices reporting),
+``OBS_STATUS`` (A normal, P provisional, Q suppressed, O missing), ``CONF_STATUS`` (F free,
+C confidential, D secondary; with the current structure only), ``NB_DEVICES`` (devices reporting),
 ``COMPLETENESS`` (received / expected readings, see :mod:`api.statistics`; empty when suppressed) and
 ``DECIMALS`` (the decimals ``OBS_VALUE`` is rounded to, per unit: :mod:`api.decimals`).
+
+The versioned structures behind ``/sdmx`` (:mod:`api.sdmx.structures`, stored by :mod:`api.sdmx.store`)
+are the current DSD; ``/v1/statistics/monthly?format=sdmx-csv`` writes with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import pandas as pd
@@ -80,31 +84,49 @@ def _value(cell: StatisticsCell, stat: str) -> float | None:
     return {"TOTAL": cell.total_consumption, "MEAN": cell.mean, "MIN": cell.min, "MAX": cell.max}[stat]
 
 
-def to_sdmx_csv(cells: Sequence[StatisticsCell], spec: MetricSpec) -> str:
-    """SDMX-CSV 1.0 text of ``cells`` of metric ``spec``."""
+def to_sdmx_csv(
+    cells: Sequence[StatisticsCell],
+    spec: MetricSpec,
+    structure: Schema | None = None,
+    codes: Mapping[str, Mapping[str, str]] | None = None,
+) -> str:
+    """SDMX-CSV 1.0 text of ``cells`` of metric ``spec``.
+
+    With ``structure`` (the current dataflow's, :func:`api.sdmx.structures.schema`) the rows follow
+    its components and ``codes`` (dimension -> store value -> code id) maps store values to codes.
+    """
     rows: list[dict[str, object]] = []
     places = decimals_of(spec.unit)
+    known = codes or {}
+
+    def code(dim: str, value: str | None) -> str:
+        if value is None:
+            return UNKNOWN
+        return known.get(dim, {}).get(value, value)
+
     for cell in cells:
         for stat in statistics_of(spec):
             rows.append(
                 {
                     "FREQ": "M",
-                    "REF_AREA": cell.district or UNKNOWN,
-                    "DOMAIN": cell.domain or UNKNOWN,
-                    "PROVENANCE": cell.provenance or UNKNOWN,
-                    "INDICATOR": spec.name,
+                    "REF_AREA": code("REF_AREA", cell.district),
+                    "DOMAIN": code("DOMAIN", cell.domain),
+                    "PROVENANCE": code("PROVENANCE", cell.provenance),
+                    "INDICATOR": code("INDICATOR", spec.name),
                     "STATISTIC": stat,
                     "TIME_PERIOD": cell.period,
                     "OBS_VALUE": _value(cell, stat),
                     "UNIT_MEASURE": spec.unit,
                     "OBS_STATUS": cell.obs_status,
+                    "CONF_STATUS": cell.conf_status,
                     "NB_DEVICES": cell.devices_reporting,
                     "COMPLETENESS": cell.completeness,
                     "DECIMALS": places,
                 }
             )
-    columns = [*_DIMENSIONS, "OBS_VALUE", *_ATTRIBUTES]
+    used = structure or schema()
+    columns = [c.id for c in used.components]
     frame = pd.DataFrame(rows, columns=columns)
-    text = write([PandasDataset(structure=schema(), data=frame)])
+    text = write([PandasDataset(structure=used, data=frame)])
     assert text is not None  # noqa: S101 - no output path: pysdmx returns the text
     return text
