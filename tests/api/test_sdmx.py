@@ -188,13 +188,18 @@ async def test_versions_bump_and_old_versions_stay_byte_identical(
     assert "East" not in _codes(read_sdmx(again.text), "CL_REF_AREA")
     dsd = await _get(client, "/sdmx/datastructure/CITYINGEST/DSD_CITY_SENSORS_MONTHLY/latest", auth)
     assert 'version="1.1.0"' in dsd.text
-    assert await client.delete("/v1/devices/c1", headers=auth) is not None
+    # The only device in East moves to North: East leaves the registry, so the codelist loses a code.
+    await register(client, auth, "c1", domain="environment", district="North")
     removed = await _get(client, "/sdmx/codelist/CITYINGEST/CL_REF_AREA/latest", auth)
-    if "East" not in _codes(read_sdmx(removed.text), "CL_REF_AREA"):
-        assert 'version="2.0.0"' in removed.text
+    assert "East" not in _codes(read_sdmx(removed.text), "CL_REF_AREA")
+    assert 'version="2.0.0"' in removed.text
+    dsd = await _get(client, "/sdmx/datastructure/CITYINGEST/DSD_CITY_SENSORS_MONTHLY/latest", auth)
+    assert 'version="2.0.0"' in dsd.text
+    still = await _get(client, "/sdmx/codelist/CITYINGEST/CL_REF_AREA/1.1.0", auth)
+    assert still.content == added.content
     everything = await _get(client, "/sdmx/codelist/CITYINGEST/CL_REF_AREA/all", auth)
     versions = [c.version for c in read_sdmx(everything.text).structures or () if isinstance(c, Codelist)]
-    assert versions[:2] == ["1.0.0", "1.1.0"]
+    assert versions == ["1.0.0", "1.1.0", "2.0.0"]
 
 
 @pytest.mark.usefixtures("city")
