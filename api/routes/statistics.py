@@ -54,7 +54,10 @@ def _item(cell: StatisticsCell) -> dict[str, Any]:
     "/monthly",
     # Documents the JSON body; the route returns a Response, which FastAPI passes through unvalidated.
     response_model=StatisticsPage,
-    responses={200: {"content": {"text/csv": {}, "application/vnd.sdmx.data+csv; version=1.0.0": {}}}},
+    responses={
+        200: {"content": {"text/csv": {}, "application/vnd.sdmx.data+csv; version=1.0.0": {}}},
+        404: {"description": "No such release, or a month the release (or `asOf`) does not hold."},
+    },
 )
 async def monthly(
     pool: PoolDep,
