@@ -10,7 +10,6 @@ and stores it all in one transaction.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Final
@@ -104,8 +103,9 @@ async def publish(
                 conn, settings, catalogue, sorted(set(months)), sorted(set(metrics)), note, key_id
             )
         finally:
-            # The pool's reset would release it too; give it back at once for the next publisher.
-            await asyncio.shield(release_queries.unlock_releases(conn))
+            # Given back at once for the next publisher (if this is cancelled, the pool's reset of the
+            # connection, pg_advisory_unlock_all, gives it back).
+            await release_queries.unlock_releases(conn)
     info = await release_info(pool, number)
     assert info is not None  # noqa: S101 - committed above
     return info

@@ -127,8 +127,8 @@ async def load_cells(
     settings: ApiSettings,
     cache: StatisticsCache,
     spec: MetricSpec,
-    months: list[tuple[datetime, datetime]],
-    by: tuple[str, ...],
+    months: Sequence[tuple[datetime, datetime]],
+    by: Sequence[str],
     filters: Sequence[str | None],
     view: View,
 ) -> list[StatisticsCell]:
