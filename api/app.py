@@ -16,7 +16,18 @@ from api.guard import BodyGuard
 from api.metrics import ApiMetrics, MetricsMiddleware, StatisticsCacheCollector
 from api.openapi_links import add_links
 from api.problems import install_problem_handlers
-from api.routes import aggregates, coverage, devices, health, ops, ops_dashboard, sdmx, series, statistics
+from api.routes import (
+    aggregates,
+    coverage,
+    devices,
+    health,
+    ops,
+    ops_dashboard,
+    releases,
+    sdmx,
+    series,
+    statistics,
+)
 from api.sdmx.store import StructureStore
 from api.sdmx.structures import Names
 from api.settings import ApiSettings
@@ -64,7 +75,18 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.metrics.registry.register(StatisticsCacheCollector(app.state.statistics_cache))
     _install_openapi_links(app)
     install_problem_handlers(app)
-    for module in (health, devices, series, aggregates, statistics, coverage, ops, ops_dashboard, sdmx):
+    for module in (
+        health,
+        devices,
+        series,
+        aggregates,
+        statistics,
+        releases,
+        coverage,
+        ops,
+        ops_dashboard,
+        sdmx,
+    ):
         app.include_router(module.router)
     # Added first, so it runs inside the metrics middleware: refused requests are counted too.
     app.add_middleware(BodyGuard, api=app, max_body_bytes=settings.max_body_bytes)

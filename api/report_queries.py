@@ -10,11 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final, TypeAlias
+
+import asyncpg
 
 from api.queries import GroupColumn, Pool, Record, _device_filter, _groups
 from api.statistics_cache import StatisticsCache, Tag
 from api.storeerrors import translated
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection: TypeAlias = asyncpg.Connection[Record] | PoolConnectionProxy[Record]
 
 # Registered before the end of the rollup row's month; the month end (date arithmetic) is computed only
 # for devices registered after the month started.
@@ -104,6 +111,39 @@ GROUP BY m.month
 """
 
 
+def _statistics_sql(group_by: Sequence[GroupColumn]) -> str:
+    return _STATISTICS_SQL.format(
+        groups=_groups(group_by), filters=_device_filter(6), by_month_end=_REGISTERED_BY_MONTH_END
+    )
+
+
+@translated(request_data=True)
+async def statistics_rows(
+    conn: Connection,
+    metric: str,
+    months: Sequence[tuple[datetime, datetime]],
+    now: datetime,
+    metric_domains: Sequence[str],
+    group_by: Sequence[GroupColumn],
+) -> list[Record]:
+    """The rows :func:`monthly_statistics` returns for the whole table (no filter, no cache), read on
+    ``conn`` inside the caller's transaction: a release reads all its tables in one snapshot."""
+    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+    return await conn.fetch(
+        _statistics_sql(group_by),
+        metric,
+        [m[0] for m in months],
+        [m[1] for m in months],
+        now,
+        list(metric_domains),
+        None,
+        None,
+        None,
+        months[0][0],
+        months[-1][1],
+    )
+
+
 @translated(request_data=True)
 async def monthly_statistics(
     pool: Pool,
@@ -120,9 +160,7 @@ async def monthly_statistics(
     With ``cache``, closed months (ended by ``now``) are served from it while their versions hold, and
     only the other months are queried; the rows are the same either way.
     """
-    sql = _STATISTICS_SQL.format(
-        groups=_groups(group_by), filters=_device_filter(6), by_month_end=_REGISTERED_BY_MONTH_END
-    )
+    sql = _statistics_sql(group_by)
     key = (metric, tuple(metric_domains), tuple(group_by), tuple(filters))
     kept: dict[datetime, Sequence[Record]] = {}
     fresh: dict[datetime, list[Record]] = {}

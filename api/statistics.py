@@ -21,15 +21,23 @@ min, max, total consumption) and every count from which a value could be rebuilt
 total (readings, flagged, readings received and completeness), with status ``Q`` (SDMX OBS_STATUS
 "missing value; suppressed"); it keeps its device counts and readings expected, which come from the
 registry, not from the readings. A cell where no device reported has status ``O`` (missing value).
-Others ``A``. Only primary suppression is applied: a caller who requests two breakdowns can still
-difference published totals (secondary suppression is not done; documented limitation).
+Others ``A`` (``P``, provisional, while their month has not been released).
+
+Secondary suppression (:func:`secondary_suppression`) protects the primary cells from subtraction:
+within one table (a metric, a month, a breakdown), every *line* of cells that share all breakdown
+values but one adds up to a published marginal (for one breakdown, all the month's cells add up to the
+total). A line with exactly one suppressed cell would give it away, so the published cell of that line
+with the fewest reporting devices (ties: the lowest key) is suppressed too, with ``conf_status`` ``D``;
+cells where no device reported (``O``) are zeros and protect nothing. This repeats until no line has a
+single suppressed cell. It runs on the whole table, before any filter, so a filter never changes what
+is hidden.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Final, Literal, Protocol
 
@@ -45,6 +53,17 @@ ConfStatus = Literal["F", "C", "D"]
 """SDMX CL_CONF_STATUS codes used: F free, C confidential (primary), D secondary confidentiality."""
 TOTAL: Final = "_T"
 """Value of a breakdown the caller did not ask for (SDMX: total)."""
+COMPLETENESS_RULE: Final = (
+    "completeness = readings_received / readings_expected; readings_expected sums, over devices whose "
+    "domain is one of the metric's catalogue domains, that have an expected_interval_s, are not inactive "
+    "and were registered before the month's end, the seconds from max(month start, registered_at) to "
+    "min(month end, now) divided by expected_interval_s; readings_received counts those devices' readings. "
+    "devices_without_interval counts the devices without an expected_interval_s that meet the other "
+    "conditions, whether they reported or not, and any other device without one that reported the metric "
+    "that month; they count towards no completeness figure. Suppressed cells (obs_status Q) publish no "
+    "readings, flagged, readings_received or completeness."
+)
+"""The completeness rule as each statistics response and release states it."""
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 
@@ -122,7 +141,10 @@ class StatisticsCell:
         float | None, Field(description="Null when suppressed or when nothing was expected.")
     ]
     devices_without_interval: int
-    obs_status: Annotated[ObsStatus, Field(description="A normal, Q suppressed (< k devices), O no data.")]
+    obs_status: Annotated[
+        ObsStatus,
+        Field(description="A normal (released), P provisional (not yet released), Q suppressed, O no data."),
+    ]
     suppressed: bool
     """Whether disclosure control removed this cell's values (obs_status Q)."""
     conf_status: Annotated[
@@ -190,3 +212,59 @@ def missing_metrics(
     got = set(reported)
     wanted = {s.name for s in specs if any(d in s.domains for d in domains) or (not s.domains and domains)}
     return sorted(wanted - got)
+
+
+def _key(cell: StatisticsCell) -> tuple[str, str, str]:
+    # The live query's order: null (unknown) sorts as the empty string.
+    return (cell.district or "", cell.domain or "", cell.provenance or "")
+
+
+def suppressed_secondarily(cell: StatisticsCell) -> StatisticsCell:
+    """``cell`` suppressed to protect another: the same fields hidden as for primary suppression."""
+    return replace(
+        cell,
+        readings=None,
+        mean=None,
+        min=None,
+        max=None,
+        total_consumption=None,
+        flagged=None,
+        readings_received=None,
+        completeness=None,
+        obs_status="Q",
+        suppressed=True,
+        conf_status="D",
+    )
+
+
+def secondary_suppression(cells: Sequence[StatisticsCell], by: Sequence[str]) -> list[StatisticsCell]:
+    """``cells`` (whole tables of one metric: any months, one breakdown ``by``) with secondary
+    suppression applied; the order is kept. See the module docstring for the rule."""
+    out = list(cells)
+    dims = [d for d in ("district", "domain", "provenance") if d in by]
+    if not dims:
+        return out  # one cell per month: its marginal is itself
+    lines: dict[tuple[object, ...], list[int]] = {}
+    for i, cell in enumerate(out):
+        for free in dims:
+            fixed = tuple(getattr(cell, d) for d in dims if d != free)
+            lines.setdefault((cell.period, free, *fixed), []).append(i)
+    changed = True
+    while changed:
+        changed = False
+        for members in lines.values():
+            hidden = [i for i in members if out[i].suppressed]
+            if len(hidden) != 1:
+                continue
+            open_ = [i for i in members if not out[i].suppressed and out[i].obs_status != "O"]
+            if not open_:
+                continue
+            pick = min(open_, key=lambda i: (out[i].devices_reporting, _key(out[i])))
+            out[pick] = suppressed_secondarily(out[pick])
+            changed = True
+    return out
+
+
+def provisional(cell: StatisticsCell) -> StatisticsCell:
+    """``cell`` as served before its month is released: status ``A`` becomes ``P``."""
+    return replace(cell, obs_status="P") if cell.obs_status == "A" else cell

@@ -17,7 +17,7 @@ from core.errors import ConfigError
 from core.settings import DatabaseSettings
 from devstack.runfile import running_endpoint
 
-SCOPES = ("metrics:read", "statistics:read", "devices:write", "ops:read")
+SCOPES = ("metrics:read", "statistics:read", "statistics:publish", "devices:write", "ops:read")
 
 
 def add_parser(sub: Any) -> None:

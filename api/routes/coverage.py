@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from api import report_queries
 from api.auth import Principal, Scope, require
-from api.deps import CatalogueDep, CursorsDep, PoolDep
+from api.deps import CatalogueDep, CursorsDep, PoolDep, SettingsDep
 from api.pagination import Cursor, Limit, Page
 from api.problems import Problem
 from api.statistics import completeness, missing_metrics, next_month, parse_month
@@ -22,7 +22,8 @@ COVERAGE_RULE = (
     "registered = status active and registered before the month's end; completeness = readings_received / "
     "readings_expected over registered devices with an expected_interval_s, where a device owes "
     "(seconds registered in the month up to now) / expected_interval_s readings of each metric it "
-    "reported that month (of one metric if it reported none)"
+    "reported that month (of one metric if it reported none); a district with fewer reporting devices "
+    "than the statistics' suppression k publishes neither readings_received nor completeness"
 )
 
 
@@ -36,8 +37,10 @@ class DistrictCoverage(BaseModel):
     devices_unregistered_reporting: int = Field(description="Unregistered or inactive devices that reported.")
     devices_without_interval: int
     readings_expected: float
-    readings_received: int
-    completeness: float | None
+    readings_received: int | None = Field(
+        description="Null when fewer devices than the suppression k reported (as its statistics cells)."
+    )
+    completeness: float | None = Field(description="Null when suppressed or when nothing was expected.")
     domains: list[str] = Field(description="Domains of the registered devices.")
     metrics_reported: list[str]
     metrics_without_data: list[str] = Field(
@@ -53,9 +56,12 @@ class CoveragePage(Page[DistrictCoverage]):
     coverage_rule: str
 
 
-def _district(row: Any, specs: list[Any]) -> DistrictCoverage:
+def _district(row: Any, specs: list[Any], k: int) -> DistrictCoverage:
     registered = int(row["devices_registered"])
     reporting = int(row["devices_reporting"])
+    # A district's readings count is what lets a suppressed statistics cell's mean be rebuilt from a
+    # published total (api.statistics): hide it exactly where the statistics hide it.
+    hidden = 0 < reporting < k
     domains = sorted(row["domains"])
     reported = list(row["metrics_reported"])
     return DistrictCoverage(
@@ -66,8 +72,8 @@ def _district(row: Any, specs: list[Any]) -> DistrictCoverage:
         devices_unregistered_reporting=int(row["devices_unregistered_reporting"]),
         devices_without_interval=int(row["devices_without_interval"]),
         readings_expected=float(row["expected"]),
-        readings_received=int(row["received"]),
-        completeness=completeness(int(row["received"]), float(row["expected"])),
+        readings_received=None if hidden else int(row["received"]),
+        completeness=None if hidden else completeness(int(row["received"]), float(row["expected"])),
         domains=domains,
         metrics_reported=reported,
         metrics_without_data=missing_metrics(domains, reported, specs),
@@ -77,6 +83,7 @@ def _district(row: Any, specs: list[Any]) -> DistrictCoverage:
 @router.get("/coverage")
 async def coverage(
     pool: PoolDep,
+    settings: SettingsDep,
     catalogue: CatalogueDep,
     cursors: CursorsDep,
     _: Reader,
@@ -97,7 +104,7 @@ async def coverage(
     specs = [catalogue[m] for m in sorted(catalogue)]
     if domain is not None:
         specs = [s for s in specs if domain in s.domains]
-    items = [_district(r, specs) for r in rows]
+    items = [_district(r, specs, settings.suppression_k) for r in rows]
     if cursor:
         # Districts are few; the key is the last district served (null sorts last, as in the query).
         last = cursors.decode("coverage", cursor, 1)[0]

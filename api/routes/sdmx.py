@@ -6,6 +6,7 @@ Structures are the stored versions (:mod:`api.sdmx.store`); data are the cells o
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -16,7 +17,7 @@ import pandas as pd
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 
-from api import report_queries
+from api import release_queries, report_queries
 from api.auth import Scope, require_unless
 from api.decimals import decimals_of
 from api.deps import CatalogueDep, PoolDep, SettingsDep, StatisticsCacheDep, utc
@@ -38,8 +39,9 @@ from api.sdmx.query import (
 from api.sdmx.render import ERROR_TYPE, data_message, error_message, structure_message
 from api.sdmx.store import Snapshot, StructureStore
 from api.settings import ApiSettings
-from api.statistics import StatisticsCell, month_range, shape_cell
+from api.statistics import StatisticsCell, month_range
 from api.statistics_cache import StatisticsCache
+from api.statistics_source import View, load_cells, release_info
 from core.catalogue import MetricSpec
 
 router = APIRouter(prefix="/sdmx", tags=["sdmx"])
@@ -256,15 +258,6 @@ async def structures(
 # --- data -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class View:
-    """Which figures a data query reads: current, a release, or as of a time (api/statistics_source)."""
-
-    release: int | None
-    as_of: datetime | None
-    updated_after: datetime | None
-
-
 async def _cells(
     pool: Any,
     settings: ApiSettings,
@@ -275,16 +268,18 @@ async def _cells(
     filters: Sequence[str | None],
     view: View,
 ) -> list[StatisticsCell]:
-    """The cells of one metric and breakdown: the one place to switch to ``statistics_source.load_cells``.
+    """The cells of one metric and breakdown as ``view`` sees them (:func:`statistics_source.load_cells`).
 
-    Today the current figures, as ``/v1/statistics/monthly`` computes them; ``view`` (release, asOf,
-    updatedAfter) is ignored until releases exist.
+    A release (or an ``asOf`` time) answers for the months it holds within the period asked for; the
+    others have no observations in it, as in any SDMX query whose period reaches past the data.
     """
-    del view
-    rows = await report_queries.monthly_statistics(
-        pool, spec.name, months, datetime.now(UTC), spec.domains, by, filters, cache
-    )
-    return [shape_cell(r, spec, by, settings.suppression_k) for r in rows]
+    if view.release is not None or view.as_of is not None:
+        periods = [m[0].astimezone(UTC).date() for m in months]
+        held = await release_queries.releases_of(pool, spec.name, periods, view.release, view.as_of)
+        months = [m for m, p in zip(months, periods, strict=True) if p in held]
+        if not months:
+            return []
+    return await load_cells(pool, settings, cache, spec, months, by, filters, view)
 
 
 _DATA_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
@@ -445,8 +440,18 @@ async def _data(
     if detail in ("serieskeysonly", "nodata"):
         raise SdmxError(501, 501, f"Not implemented: detail={detail}; use full or dataonly")
     ref = parse_flow_ref(flow_ref)
+    if release is not None and as_of is not None:
+        raise QueryError("asOf", "name a release or an asOf time, not both")
+    view = View(
+        release,
+        utc(as_of, "asOf") if as_of is not None else None,
+        utc(updated_after, "updatedAfter") if updated_after is not None else None,
+    )
+    published = await _published(pool, view)
     snapshot = await _snapshot(request, pool)
     flows = _select(snapshot, "dataflow", ref.agency or "all", ref.id, ref.version or "latest")
+    if flows and ref.version is None and published is not None and flows[0].key == snapshot.flow.key:
+        flows = [snapshot.at(published[0]).flow]
     if not flows or provider_ref not in ("all", "*", flows[0].agency):
         raise SdmxError(
             404, 100, f"No results found: no dataflow {flow_ref!r} from provider {provider_ref!r}"
@@ -470,15 +475,15 @@ async def _data(
         raise QueryError(
             "dimensionAtObservation", "time-series formats need dimensionAtObservation=TIME_PERIOD"
         )
-    view = View(
-        release,
-        utc(as_of, "asOf") if as_of is not None else None,
-        utc(updated_after, "updatedAfter") if updated_after is not None else None,
-    )
     months = await _months(pool, settings, start, end)
     names = None if asked["INDICATOR"] is None else {values["INDICATOR"][c] for c in asked["INDICATOR"]}
+    # A release's metrics are rendered with the unit and kind it published them with.
+    published_specs = published[1] if published is not None else {}
     metrics = [
-        (spec, [s for s in statistics_of(spec) if asked["STATISTIC"] is None or s in asked["STATISTIC"]])
+        (
+            published_specs.get(name, spec),
+            [s for s in statistics_of(spec) if asked["STATISTIC"] is None or s in asked["STATISTIC"]],
+        )
         for name, spec in sorted(catalogue.items())
         if names is None or name in names
     ]
@@ -544,11 +549,34 @@ async def _data(
     if detail == "dataonly":
         frame = frame[[*dims, "OBS_VALUE"]]
     schema = st.schema(flow, snapshot.versions)
-    body = data_message(schema, frame.reset_index(drop=True), fmt, at_observation, flow.agency)
+    header = None
+    if published is not None:
+        # A release's message is the same bytes on every request: its header is made from the request.
+        header = (_message_id(request), published[0])
+    body = data_message(schema, frame.reset_index(drop=True), fmt, at_observation, flow.agency, header)
     media = fmt.value.replace(";", "; ")
     if fmt in (DataFormat.CSV_1, DataFormat.CSV_2):
         media += "; charset=utf-8"
     return Response(body, media_type=media)
+
+
+async def _published(pool: Any, view: View) -> tuple[datetime, dict[str, MetricSpec]] | None:
+    """For a release view: when it was published and its metrics as published; for ``asOf``: that time
+    (and today's catalogue); None for the current figures."""
+    if view.release is not None:
+        info = await release_info(pool, view.release)
+        if info is None:
+            raise SdmxError(404, 100, f"No results found: there is no release {view.release}")
+        return info.published_at, {m: info.spec(m) for m in info.specs}
+    if view.as_of is not None:
+        return view.as_of, {}
+    return None
+
+
+def _message_id(request: Request) -> str:
+    """A message ID that is the same for the same request (SDMX IDType: letters, digits, _ and -)."""
+    digest = hashlib.sha256(str(request.url.path).encode() + b"?" + str(request.url.query).encode())
+    return f"IREF{digest.hexdigest()[:24].upper()}"
 
 
 def to_indicator(codes: dict[str, str | None], name: str) -> str:

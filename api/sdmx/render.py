@@ -74,8 +74,13 @@ def data_message(
     fmt: DataFormat,
     dimension_at_observation: str,
     agency: str,
+    header_of: tuple[str, datetime] | None = None,
 ) -> str:
-    """The data message of ``frame`` (columns as the DSD's components) in ``fmt``."""
+    """The data message of ``frame`` (columns as the DSD's components) in ``fmt``.
+
+    ``header_of`` = (message ID, prepared time) makes the SDMX-ML header deterministic (a release's
+    messages); otherwise pysdmx gives each message a new ID and the current time.
+    """
     dataset = PandasDataset(structure=schema, data=frame)
     text: str | None
     if fmt is DataFormat.CSV_1:
@@ -83,7 +88,11 @@ def data_message(
     elif fmt is DataFormat.CSV_2:
         text = write_csv20([dataset])
     else:
-        header = Header(sender=Organisation(id=agency))
+        header = (
+            Header(sender=Organisation(id=agency))
+            if header_of is None
+            else Header(id=header_of[0], prepared=header_of[1], sender=Organisation(id=agency))
+        )
         writer = {
             DataFormat.GENERIC: write_generic,
             DataFormat.GENERIC_TS: write_generic_ts,

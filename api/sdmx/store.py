@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
@@ -49,6 +50,29 @@ class Snapshot:
             for dim in st.KEY_DIMENSIONS
             if column.get(dim)
         }
+
+    def at(self, when: datetime) -> Snapshot:
+        """The dataflow as it was at ``when``, with its DSD and codelists (the oldest version if all are
+        newer): a release's data keeps the structure it was published with, so its bytes never change."""
+        same = (self.flow.kind, self.flow.agency, self.flow.id)
+        versions = sorted(
+            (s for s in self.versions.values() if (s.kind, s.agency, s.id) == same),
+            key=lambda s: st.version_tuple(s.version),
+        )
+        before = [s for s in versions if s.created_at is not None and s.created_at <= when]
+        flow = before[-1] if before else versions[0]
+        if flow is self.flow:
+            return self
+        dsd = self.versions[
+            (
+                "datastructure",
+                flow.agency,
+                flow.content["datastructure"],
+                flow.content["datastructure_version"],
+            )
+        ]
+        lists = {i: self.versions[(k, dsd.agency, i, v)] for k, i, v in st.references(dsd) if k == "codelist"}
+        return Snapshot(self.versions, flow, dsd, lists)
 
     def latest(self, kind: st.Kind, agency: str, sid: str) -> st.Stored | None:
         """The newest version of a structure."""

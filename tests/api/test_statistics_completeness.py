@@ -102,10 +102,18 @@ def truth(devices: list[Dev], months: list[datetime], now: datetime, by_district
                 seconds = (min(end, now) - max(start, dev.registered_at)).total_seconds()
                 cells[key]["readings_expected"] += max(0.0, seconds) / dev.interval_s
                 cells[key]["readings_received"] += readings
-    for cell in cells.values():
-        if 0 < cell["devices_reporting"] < K:
-            # Suppressed: no count from which the cell's values could be rebuilt.
-            cell["readings"] = cell["readings_received"] = None
+    hidden = {key for key, cell in cells.items() if 0 < cell["devices_reporting"] < K}
+    # Secondary suppression: a month's districts add up to the published total, so a month with one
+    # suppressed district loses its smallest published one too (ties: the lowest district name).
+    for month in {key[0] for key in cells} if by_district else ():
+        line = [key for key in cells if key[0] == month]
+        suppressed = [key for key in line if key in hidden]
+        others = [key for key in line if key not in hidden and cells[key]["devices_reporting"] > 0]
+        if len(suppressed) == 1 and others:
+            hidden.add(min(others, key=lambda k: (cells[k]["devices_reporting"], k[1] or "")))
+    for cell_key in hidden:
+        # Suppressed: no count from which the cell's values could be rebuilt.
+        cells[cell_key]["readings"] = cells[cell_key]["readings_received"] = None
     return dict(cells)
 
 

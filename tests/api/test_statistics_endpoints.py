@@ -101,7 +101,8 @@ async def test_cells_by_district(client: httpx.AsyncClient, auth: dict[str, str]
     north = cells[("2024-01", "north")]
     north_values = [v for d, _, _, v, _ in city if d in ("n1", "n2", "n3")]
     assert (north["devices_reporting"], north["readings"], north["flagged"]) == (3, 372, 3)
-    assert north["obs_status"] == "A"
+    # January was never released: its figures are provisional.
+    assert (north["obs_status"], north["conf_status"], north["release"]) == ("P", "F", None)
     assert not north["suppressed"]
     # m3: three decimals (api.decimals)
     assert north["mean"] == round(sum(north_values) / 372, 3)
@@ -116,6 +117,7 @@ async def test_cells_by_district(client: httpx.AsyncClient, auth: dict[str, str]
     # Two devices: suppressed, values and the counts of readings gone, device counts kept.
     south = cells[("2024-01", "south")]
     assert (south["obs_status"], south["suppressed"], south["devices_reporting"]) == ("Q", True, 2)
+    assert south["conf_status"] == "C"
     assert (south["mean"], south["min"], south["max"], south["total_consumption"]) == (None,) * 4
     assert (south["readings"], south["flagged"], south["readings_received"], south["completeness"]) == (
         None,
@@ -133,12 +135,18 @@ async def test_cells_by_district(client: httpx.AsyncClient, auth: dict[str, str]
 
 @pytest.mark.usefixtures("city")
 async def test_k_is_configurable(database_url: str, auth: dict[str, str]) -> None:
-    app = create_app(ApiSettings(database_url=database_url, suppression_k=2))
+    app = create_app(ApiSettings(database_url=database_url, suppression_k=1))
     async for client in started(app):
         body = (await monthly(client, auth, by="district", end="2024-01")).json()
     south = next(c for c in body["items"] if c["district"] == "south")
-    assert south["obs_status"] == "A"
+    assert south["obs_status"] == "P"
     assert south["total_consumption"] is not None
+    app = create_app(ApiSettings(database_url=database_url, suppression_k=2))
+    async for client in started(app):
+        body = (await monthly(client, auth, by="district", end="2024-01")).json()
+    status = {c["district"]: (c["obs_status"], c["conf_status"]) for c in body["items"]}
+    # u1 alone (no district) is suppressed; south, the smallest published district, protects it.
+    assert status == {"north": ("P", "F"), "south": ("Q", "D"), "east": ("O", "F"), None: ("Q", "C")}
 
 
 @pytest.mark.usefixtures("city")
@@ -152,7 +160,7 @@ async def test_csv_parses_back(client: httpx.AsyncClient, auth: dict[str, str]) 
     assert north[0]["provenance"] == "official"
     assert north[0]["domain"] == "_T"
     assert int(north[0]["readings"]) == 372
-    assert north[0]["obs_status"] == "A"
+    assert north[0]["obs_status"] == "P"
     south = [r for r in rows if r["district"] == "south" and r["period"] == "2024-01"]
     assert {r["provenance"] for r in south} == {"partner", "citizen"}
     assert all(r["obs_status"] == "Q" and r["mean"] == "" and r["total_consumption"] == "" for r in south)
@@ -188,7 +196,7 @@ async def test_sdmx_csv_parses_back(client: httpx.AsyncClient, auth: dict[str, s
         "TOTAL",
     )
     assert float(north["OBS_VALUE"]) == pytest.approx(sum(v for k, v in inc.items() if k[0][0] == "n"))
-    assert (north["UNIT_MEASURE"], north["OBS_STATUS"], north["NB_DEVICES"]) == ("m3", "A", "3")
+    assert (north["UNIT_MEASURE"], north["OBS_STATUS"], north["NB_DEVICES"]) == ("m3", "P", "3")
     south = by_area[("south", "2024-01")]
     assert (south["OBS_VALUE"], south["OBS_STATUS"]) == ("", "Q")
     assert by_area[("_U", "2024-01")]["OBS_STATUS"] == "Q"  # u1 has no district
@@ -248,7 +256,15 @@ async def test_coverage(client: httpx.AsyncClient, auth: dict[str, str]) -> None
         south["devices_reporting"],
         south["devices_unregistered_reporting"],
     ) == (1, 1, 1)
-    assert (south["readings_expected"], south["readings_received"]) == (16 * 24, 10)
+    # One registered device reports in south: its readings count is hidden, as in the statistics cell
+    # (which has the same readings_received, 10, and hides it).
+    assert (south["readings_expected"], south["readings_received"], south["completeness"]) == (
+        16 * 24,
+        None,
+        None,
+    )
+    stats = (await monthly(client, auth, by="district", end="2024-01")).json()["items"]
+    assert next(c for c in stats if c["district"] == "south")["readings_received"] is None
     assert (east["devices_registered"], east["devices_reporting"], east["devices_silent"]) == (1, 0, 1)
     assert (east["completeness"], east["metrics_reported"]) == (0.0, [])
     assert (nowhere["devices_registered"], nowhere["devices_unregistered_reporting"]) == (0, 1)
@@ -288,17 +304,20 @@ async def west(database_url: str, client: httpx.AsyncClient, auth: dict[str, str
 async def test_a_suppressed_cell_cannot_be_rebuilt_from_its_counts(
     client: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:
-    """(12 x 21.41667 - 9 x 20.8889) / 3 = 23.0 needed the suppressed cell's readings count."""
+    """(12 x 21.41667 - 9 x 20.8889) / 3 = 23.0 needed the suppressed cell's readings count, and the
+    official cell's mean and count: secondary suppression hides those too (conf_status D)."""
     params = {"metric": "temperature", "end": "2024-01"}
     total = (await monthly(client, auth, by="district", **params)).json()["items"]
-    assert [(c["district"], c["obs_status"], c["readings"]) for c in total] == [("west", "A", 12)]
+    assert [(c["district"], c["obs_status"], c["readings"]) for c in total] == [("west", "P", 12)]
     cells = (await monthly(client, auth, by="district,provenance", **params)).json()["items"]
     by_provenance = {c["provenance"]: c for c in cells}
     official, citizen = by_provenance["official"], by_provenance["citizen"]
-    assert (official["obs_status"], official["readings"], official["readings_received"]) == ("A", 9, 9)
     assert (citizen["obs_status"], citizen["suppressed"], citizen["devices_reporting"]) == ("Q", True, 1)
+    assert (citizen["conf_status"], official["conf_status"]) == ("C", "D")
+    assert (official["obs_status"], official["suppressed"], official["devices_reporting"]) == ("Q", True, 3)
     hidden = ("mean", "min", "max", "readings", "flagged", "readings_received", "completeness")
     assert {name: citizen[name] for name in hidden} == dict.fromkeys(hidden)
+    assert {name: official[name] for name in hidden} == dict.fromkeys(hidden)
 
     csv_rows = list(
         csv.DictReader(
@@ -318,8 +337,14 @@ async def test_a_suppressed_cell_cannot_be_rebuilt_from_its_counts(
 
 @pytest.mark.usefixtures("west")
 async def test_statistics_are_rounded_per_unit_and_raw_series_are_not(
-    client: httpx.AsyncClient, auth: dict[str, str]
+    database_url: str, auth: dict[str, str]
 ) -> None:
+    # k = 1: nothing suppressed, so the official cell publishes its values.
+    async for client in started(create_app(ApiSettings(database_url=database_url, suppression_k=1))):
+        await _rounded(client, auth)
+
+
+async def _rounded(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     params = {"metric": "temperature", "end": "2024-01", "by": "provenance"}
     body = (await monthly(client, auth, **params)).json()
     assert (body["unit"], body["decimals"]) == ("Cel", 2)

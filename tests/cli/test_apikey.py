@@ -11,7 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from api.auth import parse_key
+from api.auth import Scope, parse_key
+from cli.apikey import SCOPES
 from devstack.process import free_port
 from devstack.runfile import RUN_FILE, running_endpoint
 
@@ -129,3 +130,8 @@ def test_stale_run_file_is_ignored(tmp_path: Path) -> None:
     assert running_endpoint(tmp_path, "database") == "postgresql://x@h/db"
     (tmp_path / RUN_FILE).write_text("{not json")
     assert running_endpoint(tmp_path, "database") is None
+
+
+def test_the_cli_offers_every_scope_the_api_checks() -> None:
+    """`cityingest apikey create --scope statistics:publish` (and every other scope) is accepted."""
+    assert sorted(SCOPES) == sorted(s.value for s in Scope)
