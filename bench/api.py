@@ -11,6 +11,11 @@ them: this measures reads of a settled store, not the consumer.
 Run it as a module (as a script, ``bench/api.py`` would shadow the ``api`` package). Without
 ``--database-url`` a private PostgreSQL cluster is started in a temporary directory.
 
+SDMX (issue 15): the twelve months are published as release 1 (its time is printed), then SDMX data
+for a year by district from that release (SDMX-ML generic, and SDMX-CSV) and the dataflow with
+``references=all`` (SDMX-ML structure) are measured the same way, and the release's data is checked
+to be the same bytes on every request.
+
 The statistics endpoint is measured without the cache of closed months, with it (the default), and
 over the rolling year up to the current month. Besides the latencies it prints the statistics query's
 latency alone (the rest of a request is the application), the server CPU that query takes on a serial
@@ -28,6 +33,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -194,17 +200,22 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
                 },
                 args.runs,
             )
+            sdmx = await measure_sdmx(client, args.runs)
         # The statistics query alone, as the endpoint runs it: the rest of a request is the application.
         domains = app.state.catalogue["temperature"].domains
         sql = await timed(lambda: statistics_query(app.state.pool, domains), args.runs)
     load_after = os.getloadavg()[0]
     # Only a private cluster is surely on this machine, where its backend's /proc entry can be read.
     cpu = None if args.database_url else await server_cpu_ms(dsn, domains, args.runs)
+    print(f"release 1 (12 months, every metric and breakdown) published in {sdmx.publish_s:.1f} s")
     for name, samples, target in (
         ("statistics/monthly year by district, no cache (every month queried)", uncached, 100),
         ("statistics/monthly year by district, default (closed months kept)", cached, 100),
         (f"statistics/monthly {first}..{last} by district, default", current, 100),
         ("series 1h x 30 days", series, 30),
+        ("sdmx data year by district from release 1, SDMX-ML generic", sdmx.data, 50),
+        ("sdmx data year by district from release 1, SDMX-CSV 1.0", sdmx.csv, 50),
+        ("sdmx dataflow references=all (SDMX-ML structure)", sdmx.structure, 30),
     ):
         p50, p95 = quantiles(samples)
         print(
@@ -217,8 +228,48 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
     if cpu is not None:
         print(f"{'statistics SQL server CPU, serial plan':72s} median {cpu:5.1f} ms per query")
     print(f"load average (1 min) {load_before:.1f} before, {load_after:.1f} after, {os.cpu_count()} CPUs")
+    print(
+        "sdmx: release 1's data message is "
+        f"{'the same bytes' if sdmx.stable else 'DIFFERENT'} on every request"
+    )
     if not same:
         raise SystemExit("the cached statistics differ from the uncached ones")
+    if not sdmx.stable:
+        raise SystemExit("a release's SDMX data message changed between requests")
+
+
+@dataclass(frozen=True, slots=True)
+class SdmxFigures:
+    """Latencies of the SDMX service over release 1."""
+
+    publish_s: float
+    data: list[float]
+    csv: list[float]
+    structure: list[float]
+    stable: bool
+
+
+SDMX_YEAR_BY_DISTRICT = "/sdmx/data/CITY_SENSORS_MONTHLY/M.._T._T.temperature."
+
+
+async def measure_sdmx(client: httpx.AsyncClient, runs: int) -> SdmxFigures:
+    """Publish 2024 as release 1, then time SDMX data from it and the dataflow with its references."""
+    started = time.perf_counter()
+    published = await client.post(
+        "/v1/statistics/releases",
+        json={"months": [f"2024-{m:02d}" for m in range(1, 13)], "note": "bench"},
+    )
+    publish_s = time.perf_counter() - started
+    assert published.status_code == 201, published.text
+    release = str(published.json()["release"])
+    year = {"startPeriod": "2024-01", "endPeriod": "2024-12", "release": release}
+    data = await measure(client, SDMX_YEAR_BY_DISTRICT, year, runs)
+    csv = await measure(client, SDMX_YEAR_BY_DISTRICT, {**year, "format": "csvfile"}, runs)
+    structure = await measure(
+        client, "/sdmx/dataflow/CITYINGEST/CITY_SENSORS_MONTHLY/latest", {"references": "all"}, runs
+    )
+    bodies = {(await client.get(SDMX_YEAR_BY_DISTRICT, params=year)).content for _ in range(3)}
+    return SdmxFigures(publish_s, data, csv, structure, len(bodies) == 1)
 
 
 async def statistics_query(pool: asyncpg.Pool, domains: Sequence[str]) -> object:

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, Final, Literal
 
 from pysdmx.model import (
+    Annotation,
     Code,
     Codelist,
     Component,
@@ -270,9 +271,48 @@ def desired_dsd(names: Names, latest: Mapping[str, str], concepts_version: str) 
     }
 
 
+def dataflow_annotations() -> list[dict[str, str]]:
+    """Reference metadata that holds for every release (NQAF headings that do not change per release),
+    as SDMX annotations of the dataflow; each release's own (source devices, coverage gaps, timeliness,
+    k) is at ``/v1/statistics/releases/{n}/metadata``. Stored with the dataflow version: a changed text
+    is a patch version, and an old version keeps its texts."""
+    from api.releases import PRIMARY_RULE, REVISIONS_POLICY, ROLLUPS, SECONDARY_RULE
+    from api.statistics import COMPLETENESS_RULE
+
+    methods = "; ".join(f"{name}: {text}" for name, text in ROLLUPS.items())
+    return [
+        {"id": "NQAF_METHODS", "title": "Methods: statistics", "type": "NQAF", "text": methods},
+        {
+            "id": "NQAF_COMPLETENESS",
+            "title": "Methods: completeness",
+            "type": "NQAF",
+            "text": COMPLETENESS_RULE,
+        },
+        {
+            "id": "NQAF_CONFIDENTIALITY",
+            "title": "Methods: disclosure control (k per release in its metadata)",
+            "type": "NQAF",
+            "text": f"Primary: {PRIMARY_RULE}. Secondary: {SECONDARY_RULE}.",
+        },
+        {"id": "NQAF_REVISIONS", "title": "Revisions policy", "type": "NQAF", "text": REVISIONS_POLICY},
+        {
+            "id": "NQAF_RELEASE_METADATA",
+            "title": "Source, coverage and timeliness of each release",
+            "type": "NQAF",
+            "text": "GET /v1/statistics/releases (each release's reference metadata at "
+            "/v1/statistics/releases/{n}/metadata)",
+        },
+    ]
+
+
 def desired_dataflow(names: Names, dsd_version: str) -> dict[str, Any]:
     """The dataflow's content using DSD version ``dsd_version``."""
-    return {"name": names.dataflow_name, "datastructure": names.dsd, "datastructure_version": dsd_version}
+    return {
+        "name": names.dataflow_name,
+        "datastructure": names.dsd,
+        "datastructure_version": dsd_version,
+        "annotations": dataflow_annotations(),
+    }
 
 
 def scheme_bump(old: Mapping[str, Any], new: Mapping[str, Any]) -> Bump | None:
@@ -296,12 +336,14 @@ def reference_bump(old: Mapping[str, Any], new: Mapping[str, Any], bumps: Mappin
 
     def shape(content: Mapping[str, Any]) -> Any:
         comps = [{k: v for k, v in c.items() if k not in strip} for c in content.get("components", ())]
-        return {k: v for k, v in content.items() if k not in (*strip, "name")} | {"components": comps}
+        own = (*strip, "name", "annotations")
+        return {k: v for k, v in content.items() if k not in own} | {"components": comps}
 
     if shape(old) != shape(new):
         return Bump.MAJOR
     changed = list(bumps.values())
-    own = Bump.PATCH if old.get("name") != new.get("name") else None
+    texts = ("name", "annotations")
+    own = Bump.PATCH if any(old.get(t) != new.get(t) for t in texts) else None
     return max([*changed, *([own] if own else [])], default=Bump.PATCH)
 
 
@@ -416,6 +458,7 @@ def dataflow(flow: Stored, stub: bool = False) -> Dataflow:
         else f"DataStructure={flow.agency}:{content['datastructure']}({content['datastructure_version']})",
         is_external_reference=stub,
         is_final=True,
+        annotations=() if stub else tuple(Annotation(**a) for a in content.get("annotations", ())),
     )
 
 

@@ -30,9 +30,19 @@ GENERIC = "application/vnd.sdmx.genericdata+xml;version=2.1"
 JAN = datetime(2024, 1, 1, tzinfo=UTC)
 
 
+CITY = (
+    ("a1", "North"), ("a2", "North"), ("a3", "North"), ("b1", "old.town"),
+    ("s1", "South"), ("s2", "South"), ("s3", "South"), ("s4", "South"),
+)  # fmt: skip
+
+
 async def _city(database_url: str, client: httpx.AsyncClient, auth: dict[str, str]) -> None:
-    """Four temperature sensors in two districts (one with a dot, no SDMX id), a year of daily readings."""
-    for device, district in (("a1", "North"), ("a2", "North"), ("a3", "North"), ("b1", "old.town")):
+    """Eight temperature sensors in three districts (one with a dot, no SDMX id), a year of daily readings.
+
+    At k = 3, old.town (one sensor) is suppressed, and North (three, fewer than South's four) with it:
+    the city total minus South and North would otherwise reveal old.town (secondary suppression).
+    """
+    for device, district in CITY:
         await register(
             client,
             auth,
@@ -44,7 +54,7 @@ async def _city(database_url: str, client: httpx.AsyncClient, auth: dict[str, st
             registered_at="2023-12-01T00:00:00Z",
         )
     sent = []
-    for n, device in enumerate(("a1", "a2", "a3", "b1")):
+    for n, (device, _) in enumerate(CITY):
         for day in range(366):
             at = JAN + timedelta(days=day, hours=n)
             sent.append(envelope(device, "environment", [("temperature", at, 10.0 + n + (day % 7) / 4, 0)]))
@@ -141,7 +151,7 @@ async def test_sdmx1_reads_structures_and_a_year_by_district_and_pysdmx_validate
         if not pd.isna(r["value"])  # suppressed cells: observations without a value
     }
     oldtown = next(c.id for c in areas if str(c.name) == "old.town")
-    by_code = {"North": "North", "old.town": oldtown}
+    by_code = {"North": "North", "South": "South", "old.town": oldtown}
     expected = {}
     for cell in monthly:
         for stat, field in (("MEAN", "mean"), ("MIN", "min"), ("MAX", "max")):
@@ -150,7 +160,8 @@ async def test_sdmx1_reads_structures_and_a_year_by_district_and_pysdmx_validate
     for cell in totals:
         for stat, field in (("MEAN", "mean"), ("MIN", "min"), ("MAX", "max")):
             expected[("_T", stat, cell["period"])] = cell[field]
-    assert len(expected) == 12 * 3 * 2  # Old Town (1 device) is suppressed at k = 3: no values
+    assert {k[0] for k in expected} == {"South", "_T"}  # old.town and North are suppressed: no values
+    assert len(expected) == 12 * 3 * 2
     assert got == expected
 
     structure = read_sdmx(structure_xml, validate=True)
@@ -165,7 +176,7 @@ async def test_sdmx1_reads_structures_and_a_year_by_district_and_pysdmx_validate
             assert set(frame[comp.id].dropna()) <= allowed, comp.id
     assert set(frame["OBS_STATUS"]) <= set(_codes(structure, "CL_OBS_STATUS"))
     assert (frame["INDICATOR"] == "temperature").all()
-    assert len(frame) == 12 * 3 * 3  # North, Old Town (suppressed: no value) and _T
+    assert len(frame) == 12 * 3 * 4  # North and old.town (suppressed: no value), South and _T
 
 
 async def _get(client: httpx.AsyncClient, path: str, auth: dict[str, str], **params: Any) -> httpx.Response:
@@ -287,7 +298,7 @@ async def test_each_format_parses_back(client: httpx.AsyncClient, auth: dict[str
     structure = (
         await _get(client, "/sdmx/dataflow/CITYINGEST/CITY_SENSORS_MONTHLY", auth, references="all")
     ).text
-    path = f"/sdmx/data/{FLOW}/M.North+_T._T._T.temperature.MEAN"
+    path = f"/sdmx/data/{FLOW}/M.South+_T._T._T.temperature.MEAN"
     params = {"startPeriod": "2024-01", "endPeriod": "2024-06"}
     seen = []
     for accept in (
@@ -336,3 +347,24 @@ async def test_auth_public_mode_and_too_broad(
         broad = await open_client.get(f"/sdmx/data/{FLOW}/all", params={"startPeriod": "2024"})
         assert broad.status_code == 413
         assert broad.json()["sdmx_error_code"] == 130
+
+
+@pytest.mark.usefixtures("city")
+async def test_dataflow_carries_the_reference_metadata_as_annotations(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """NQAF headings that hold for every release are annotations of the dataflow, as pysdmx reads them."""
+    text = (await _get(client, "/sdmx/dataflow/CITYINGEST/CITY_SENSORS_MONTHLY/latest", auth)).text
+    flows = [s for s in read_sdmx(text).structures or () if s.id == "CITY_SENSORS_MONTHLY"]
+    assert len(flows) == 1
+    notes = {a.id: a for a in flows[0].annotations}
+    assert set(notes) == {
+        "NQAF_METHODS",
+        "NQAF_COMPLETENESS",
+        "NQAF_CONFIDENTIALITY",
+        "NQAF_REVISIONS",
+        "NQAF_RELEASE_METADATA",
+    }
+    assert all(a.type == "NQAF" and a.text for a in notes.values())
+    assert "fewer than k reporting devices" in str(notes["NQAF_CONFIDENTIALITY"].text)
+    assert "/v1/statistics/releases" in str(notes["NQAF_RELEASE_METADATA"].text)
