@@ -11,15 +11,29 @@ import asyncpg
 import uvicorn
 from fastapi import FastAPI
 
+from api.broker_accounts import BrokerAccounts, reconcile_forever
 from api.cursor_key import CursorKey
+from api.device_certs import DeviceCa
+from api.device_secrets import DerivationKey
 from api.guard import BodyGuard
 from api.metrics import ApiMetrics, MetricsMiddleware, StatisticsCacheCollector
 from api.openapi_links import add_links
 from api.problems import install_problem_handlers
-from api.routes import aggregates, coverage, devices, health, ops, ops_dashboard, series, statistics
+from api.routes import (
+    aggregates,
+    coverage,
+    credentials,
+    devices,
+    health,
+    ops,
+    ops_dashboard,
+    series,
+    statistics,
+)
 from api.settings import ApiSettings
 from api.statistics_cache import StatisticsCache
 from core.catalogue import load_catalogue
+from core.dynsec import Dynsec
 from core.errors import ConfigError
 
 
@@ -37,7 +51,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         )
         app.state.pool = pool
         try:
-            yield
+            async with broker_accounts(app, settings, pool):
+                yield
         finally:
             await asyncio.shield(pool.close())
 
@@ -54,15 +69,73 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.statistics_cache = StatisticsCache(settings.statistics_cache_rows)
     secret = settings.cursor_secret.get_secret_value() if settings.cursor_secret else None
     app.state.cursor_key = CursorKey(secret)
+    app.state.accounts = None
+    app.state.device_ca = (
+        DeviceCa.load(settings.device_ca_cert_file, settings.device_ca_key_file)
+        if settings.device_ca_cert_file and settings.device_ca_key_file
+        else None
+    )
     app.state.metrics.registry.register(StatisticsCacheCollector(app.state.statistics_cache))
     _install_openapi_links(app)
     install_problem_handlers(app)
-    for module in (health, devices, series, aggregates, statistics, coverage, ops, ops_dashboard):
+    for module in (
+        health,
+        devices,
+        credentials,
+        series,
+        aggregates,
+        statistics,
+        coverage,
+        ops,
+        ops_dashboard,
+    ):
         app.include_router(module.router)
     # Added first, so it runs inside the metrics middleware: refused requests are counted too.
     app.add_middleware(BodyGuard, api=app, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
+
+
+@contextlib.asynccontextmanager
+async def broker_accounts(app: FastAPI, settings: ApiSettings, pool: asyncpg.Pool) -> AsyncIterator[None]:
+    """With dynamic security on: the admin connection to the broker and the reconciler, for the app's life.
+
+    The connection is made in the background: the API starts (and serves everything else) while the
+    broker is away; the credentials routes answer 503 until it is back.
+    """
+    if not settings.dynsec_enabled or settings.dynsec_password is None:
+        yield
+        return
+    admin_password = settings.dynsec_password.get_secret_value()
+    credential_key = settings.device_credential_key
+    key = DerivationKey.from_settings(
+        credential_key.get_secret_value() if credential_key else None, admin_password
+    )
+    metrics: ApiMetrics = app.state.metrics
+    dynsec = Dynsec(settings, settings.dynsec_username, admin_password)
+    accounts = BrokerAccounts(
+        dynsec, key, settings.mqtt_topic_prefix, lambda action: metrics.dynsec_fixes.labels(action).inc()
+    )
+    await dynsec.start()
+    metrics.watch_dynsec(dynsec)
+    app.state.accounts = accounts
+    task = asyncio.create_task(
+        reconcile_forever(
+            accounts,
+            pool,
+            settings.dynsec_reconcile_s,
+            lambda outcome: metrics.dynsec_reconciles.labels(outcome).inc(),
+        ),
+        name="dynsec-reconciler",
+    )
+    try:
+        yield
+    finally:
+        app.state.accounts = None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.shield(dynsec.stop())
 
 
 def _install_openapi_links(app: FastAPI) -> None:
