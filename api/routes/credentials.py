@@ -119,11 +119,11 @@ def _unknown(device_id: str) -> Problem:
     },
 )
 async def issue_credentials(
+    _: Writer,
     request: Request,
     pool: PoolDep,
     settings: SettingsDep,
     accounts: AccountsDep,
-    _: Writer,
     device_id: DeviceId,
     body: Annotated[CredentialsIn | None, Body()] = None,
 ) -> IssuedCredentials:
@@ -201,7 +201,7 @@ async def issue_credentials(
 
 @router.get("/{device_id}/credentials", responses={404: {"description": "No credential was ever issued"}})
 async def get_credentials(
-    pool: PoolDep, accounts: AccountsDep, _: Writer, device_id: DeviceId
+    _: Writer, pool: PoolDep, accounts: AccountsDep, device_id: DeviceId
 ) -> CredentialsInfo:
     """The device's newest credential: when it was issued and revoked, its certificate; never the secret."""
     row = await q.latest(pool, device_id)
@@ -235,7 +235,7 @@ def _info(row: Any, topic: str) -> CredentialsInfo:
     },
 )
 async def revoke_credentials(
-    pool: PoolDep, accounts: AccountsDep, _: Writer, device_id: DeviceId
+    _: Writer, pool: PoolDep, accounts: AccountsDep, device_id: DeviceId
 ) -> Response:
     """Revoke the device's credentials: the broker disconnects it within 5 seconds and refuses it after.
 
