@@ -29,8 +29,17 @@ SCENARIOS = 25
 STEPS = 6
 
 
+def _credentials_off(response: Any) -> bool:
+    try:
+        return bool(response.json().get("title") == "Device credentials unavailable")
+    except ValueError:
+        return False
+
+
 def answered(response: Any, label: str, failures: list[str]) -> None:
     """Record a 5xx; any 4xx must be a problem document."""
+    if response.status_code == 503 and "/credentials" in label and _credentials_off(response):
+        return  # documented: the server under test runs without dynamic security (docs/api.md)
     if response.status_code >= 500:
         failures.append(f"{label} -> {response.status_code} {response.text[:300]}")
     elif response.status_code >= 400:
