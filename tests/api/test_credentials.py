@@ -10,6 +10,11 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
@@ -210,18 +215,23 @@ async def test_an_inactive_device_is_revoked_and_a_moved_device_gets_its_new_top
     assert resp.status_code == 409, resp.text
 
 
-@pytest.mark.parametrize("lost", [False, True], ids=["kept", "lost"])
+@pytest.mark.parametrize("state", ["kept", "lost", "stale"])
 async def test_a_broker_restart_gets_every_credential_and_acl_back(
-    api: httpx.AsyncClient, auth: dict[str, str], broker: DynsecBroker, mqtt_prefix: str, lost: bool
+    api: httpx.AsyncClient, auth: dict[str, str], broker: DynsecBroker, mqtt_prefix: str, state: str
 ) -> None:
     devices = {f"d-{i}": ("water" if i % 2 else "power") for i in range(4)}
     for device, domain in devices.items():
         await register(api, auth, device, domain=domain)
     issued = {device: await issue(api, auth, device) for device in devices}
+    old = broker.json_file.read_bytes()
+    rotated = str(issued["d-0"]["password"])
+    issued["d-0"] = await issue(api, auth, "d-0")
     assert (await api.delete("/v1/devices/d-3/credentials", headers=auth)).status_code == 204
     broker.kill()
-    if lost:
+    if state == "lost":
         broker.init(mqtt_prefix)  # the plugin's file as it was before any device: every update lost
+    elif state == "stale":
+        broker.json_file.write_bytes(old)  # a backup from before the rotation and the revocation
     broker.start()
 
     async def restored() -> bool:
@@ -236,6 +246,7 @@ async def test_a_broker_restart_gets_every_credential_and_acl_back(
     for device, creds in issued.items():
         reason = await asyncio.to_thread(login, broker.port, device, str(creds["password"]))
         assert reason.is_failure == (device == "d-3"), (device, reason)
+    assert (await asyncio.to_thread(login, broker.port, "d-0", rotated)).is_failure
     client = MqttClient(broker.port, "d-1", str(issued["d-1"]["password"]), "d-1")
     assert not (await asyncio.to_thread(client.connect)).is_failure
     mine = await asyncio.to_thread(client.publish, str(issued["d-1"]["topic"]), b"{}")
@@ -312,3 +323,51 @@ async def test_dynamic_security_off_answers_503(client: httpx.AsyncClient, auth:
     resp = await client.post("/v1/devices/m-1/credentials", headers=auth)
     assert resp.status_code == 503
     assert "dynamic security" in resp.json()["detail"]
+
+
+@pytest.fixture
+def device_ca(tmp_path: Path) -> tuple[str, str, trustme.CA]:
+    ca = trustme.CA()
+    cert, key = tmp_path / "device-ca.pem", tmp_path / "device-ca.key"
+    ca.cert_pem.write_to_path(str(cert))
+    ca.private_key_pem.write_to_path(str(key))
+    return str(cert), str(key), ca
+
+
+async def test_client_certificates_are_signed_by_the_device_ca(
+    cred_settings: ApiSettings,
+    device_ca: tuple[str, str, trustme.CA],
+    auth: dict[str, str],
+) -> None:
+    cert_file, key_file, ca = device_ca
+    settings = cred_settings.model_copy(
+        update={"device_ca_cert_file": cert_file, "device_ca_key_file": key_file}
+    )
+    async for api in started(create_app(settings)):
+        await _connected(api)
+        await register(api, auth, "m-1", domain="water")
+        generated = await issue(api, auth, "m-1", certificate=True)
+        own_key = ec.generate_private_key(ec.SECP256R1())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ignored")]))
+            .sign(own_key, hashes.SHA256())
+            .public_bytes(serialization.Encoding.PEM)
+            .decode()
+        )
+        from_csr = await issue(api, auth, "m-1", csr_pem=csr)
+        info = (await api.get("/v1/devices/m-1/credentials", headers=auth)).json()
+        bad = await api.post("/v1/devices/m-1/credentials", json={"csr_pem": "nonsense"}, headers=auth)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    for creds in (generated, from_csr):
+        cert = x509.load_pem_x509_certificate(str(creds["certificate_pem"]).encode())
+        cert.verify_directly_issued_by(ca_cert)
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "m-1"
+        assert creds["ca_certificate_pem"] == ca.cert_pem.bytes().decode()
+    assert generated["private_key_pem"] is not None
+    assert from_csr["private_key_pem"] is None
+    csr_cert = x509.load_pem_x509_certificate(str(from_csr["certificate_pem"]).encode())
+    assert csr_cert.public_key() == own_key.public_key()
+    assert info["certificate_sha256"] == csr_cert.fingerprint(hashes.SHA256()).hex()
+    assert info["certificate_serial"] == format(csr_cert.serial_number, "x")
+    assert bad.status_code == 422
