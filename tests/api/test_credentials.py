@@ -247,6 +247,10 @@ async def test_a_broker_restart_gets_every_credential_and_acl_back(
         reason = await asyncio.to_thread(login, broker.port, device, str(creds["password"]))
         assert reason.is_failure == (device == "d-3"), (device, reason)
     assert (await asyncio.to_thread(login, broker.port, "d-0", rotated)).is_failure
+    metrics = (await api.get("/metrics", headers=auth)).text
+    assert "cityingest_api_dynsec_connected 1.0" in metrics
+    if state != "kept":
+        assert 'cityingest_api_dynsec_fixes_total{action="client"}' in metrics
     client = MqttClient(broker.port, "d-1", str(issued["d-1"]["password"]), "d-1")
     assert not (await asyncio.to_thread(client.connect)).is_failure
     mine = await asyncio.to_thread(client.publish, str(issued["d-1"]["topic"]), b"{}")
@@ -371,3 +375,27 @@ async def test_client_certificates_are_signed_by_the_device_ca(
     assert info["certificate_sha256"] == csr_cert.fingerprint(hashes.SHA256()).hex()
     assert info["certificate_serial"] == format(csr_cert.serial_number, "x")
     assert bad.status_code == 422
+
+
+async def test_a_credential_made_with_another_key_is_reported_not_restored(
+    cred_settings: ApiSettings, auth: dict[str, str], broker: DynsecBroker, mqtt_prefix: str
+) -> None:
+    async for api in started(create_app(cred_settings)):
+        await _connected(api)
+        await register(api, auth, "m-1", domain="water")
+        creds = await issue(api, auth, "m-1")
+    broker.kill()
+    broker.init(mqtt_prefix)
+    broker.start()
+    broker.add_bridge_account()
+    rekeyed = cred_settings.model_copy(update={"device_credential_key": SecretStr("k" * 40)})
+    async for api in started(create_app(rekeyed)):
+        await _connected(api)
+        metrics = ""
+        for _ in range(200):
+            metrics = (await api.get("/metrics", headers=auth)).text
+            if 'cityingest_api_dynsec_reconcile_runs_total{outcome="error"}' in metrics:
+                break
+            await asyncio.sleep(0.05)
+    assert 'cityingest_api_dynsec_reconcile_runs_total{outcome="error"}' in metrics
+    assert (await asyncio.to_thread(login, broker.port, "m-1", str(creds["password"]))).is_failure
