@@ -11,7 +11,10 @@ import asyncpg
 import uvicorn
 from fastapi import FastAPI
 
+from api.broker_accounts import BrokerAccounts, reconcile_forever
 from api.cursor_key import CursorKey
+from api.device_certs import DeviceCa
+from api.device_secrets import DerivationKey
 from api.guard import BodyGuard
 from api.metrics import ApiMetrics, MetricsMiddleware, StatisticsCacheCollector
 from api.openapi_links import add_links
@@ -19,6 +22,7 @@ from api.problems import install_problem_handlers
 from api.routes import (
     aggregates,
     coverage,
+    credentials,
     devices,
     health,
     ops,
@@ -33,6 +37,7 @@ from api.sdmx.structures import Names
 from api.settings import ApiSettings
 from api.statistics_cache import StatisticsCache
 from core.catalogue import load_catalogue
+from core.dynsec import Dynsec
 from core.errors import ConfigError
 
 
@@ -50,7 +55,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         )
         app.state.pool = pool
         try:
-            yield
+            async with broker_accounts(app, settings, pool):
+                yield
         finally:
             await asyncio.shield(pool.close())
 
@@ -72,12 +78,19 @@ def create_app(settings: ApiSettings) -> FastAPI:
     )
     secret = settings.cursor_secret.get_secret_value() if settings.cursor_secret else None
     app.state.cursor_key = CursorKey(secret)
+    app.state.accounts = None
+    app.state.device_ca = (
+        DeviceCa.load(settings.device_ca_cert_file, settings.device_ca_key_file)
+        if settings.device_ca_cert_file and settings.device_ca_key_file
+        else None
+    )
     app.state.metrics.registry.register(StatisticsCacheCollector(app.state.statistics_cache))
     _install_openapi_links(app)
     install_problem_handlers(app)
     for module in (
         health,
         devices,
+        credentials,
         series,
         aggregates,
         statistics,
@@ -92,6 +105,48 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.add_middleware(BodyGuard, api=app, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
+
+
+@contextlib.asynccontextmanager
+async def broker_accounts(app: FastAPI, settings: ApiSettings, pool: asyncpg.Pool) -> AsyncIterator[None]:
+    """With dynamic security on: the admin connection to the broker and the reconciler, for the app's life.
+
+    The connection is made in the background: the API starts (and serves everything else) while the
+    broker is away; the credentials routes answer 503 until it is back.
+    """
+    if not settings.dynsec_enabled or settings.dynsec_password is None:
+        yield
+        return
+    admin_password = settings.dynsec_password.get_secret_value()
+    credential_key = settings.device_credential_key
+    key = DerivationKey.from_settings(
+        credential_key.get_secret_value() if credential_key else None, admin_password
+    )
+    metrics: ApiMetrics = app.state.metrics
+    dynsec = Dynsec(settings, settings.dynsec_username, admin_password)
+    accounts = BrokerAccounts(
+        dynsec, key, settings.mqtt_topic_prefix, lambda action: metrics.dynsec_fixes.labels(action).inc()
+    )
+    await dynsec.start()
+    metrics.watch_dynsec(dynsec)
+    app.state.accounts = accounts
+    task = asyncio.create_task(
+        reconcile_forever(
+            accounts,
+            pool,
+            settings.dynsec_reconcile_s,
+            lambda outcome: metrics.dynsec_reconciles.labels(outcome).inc(),
+        ),
+        name="dynsec-reconciler",
+    )
+    try:
+        yield
+    finally:
+        app.state.accounts = None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.shield(dynsec.stop())
 
 
 def _install_openapi_links(app: FastAPI) -> None:

@@ -6,12 +6,13 @@ import time
 from collections.abc import Iterator
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.statistics_cache import StatisticsCache
+from core.dynsec import Dynsec
 
 _BUCKETS: Final = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -34,6 +35,28 @@ class ApiMetrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        self.dynsec_reconciles = Counter(
+            "cityingest_api_dynsec_reconcile_runs",
+            "Passes that bring the broker's device accounts in step with the database, by outcome (ok, "
+            "skipped: another replica held the lock, unavailable: broker unreachable, error).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.dynsec_fixes = Counter(
+            "cityingest_api_dynsec_fixes",
+            "Changes the reconciler made to the broker, by action (role, client, extra_client, extra_role).",
+            ["action"],
+            registry=self.registry,
+        )
+        self._dynsec_connected = Gauge(
+            "cityingest_api_dynsec_connected",
+            "1 while the API is connected to the broker's dynamic security, else 0 (absent when it is off).",
+            registry=self.registry,
+        )
+
+    def watch_dynsec(self, dynsec: Dynsec) -> None:
+        """Report ``dynsec``'s connection in ``cityingest_api_dynsec_connected``."""
+        self._dynsec_connected.set_function(lambda: 1.0 if dynsec.connected else 0.0)
 
 
 class StatisticsCacheCollector(Collector):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from api.ops.config import ComponentTarget, parse_targets
-from core.settings import DatabaseSettings, DomainSettings, KafkaSettings
+from core.settings import DatabaseSettings, KafkaSettings, MqttSettings
 
 
-class ApiSettings(DatabaseSettings, KafkaSettings, DomainSettings):
+class ApiSettings(DatabaseSettings, KafkaSettings, MqttSettings):
     """Where the API listens, what it reads from and its disclosure-control and paging limits."""
 
     api_host: str = Field("127.0.0.1", description="Address the API listens on.")
@@ -84,6 +84,52 @@ class ApiSettings(DatabaseSettings, KafkaSettings, DomainSettings):
         description="Most observations one /sdmx/data query may ask for (bounded from the key and the "
         "codelists before any query runs); broader queries get 413.",
     )
+
+    dynsec_enabled: bool = Field(
+        False,
+        description="Issue device MQTT credentials (POST /v1/devices/{id}/credentials) through the broker's "
+        "dynamic security plugin, reached with the CITYINGEST_MQTT_* settings; off: those routes answer 503.",
+    )
+    dynsec_username: str = Field(
+        "cityingest-admin", description="The broker's dynamic security admin account."
+    )
+    dynsec_password: SecretStr | None = Field(
+        None, description="Password of the dynamic security admin account (required with --dynsec-enabled)."
+    )
+    dynsec_reconcile_s: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between two passes that bring the broker's device accounts in step "
+        "with the database (also at start and after every reconnection to the broker).",
+    )
+    device_credential_key: SecretStr | None = Field(
+        None,
+        description="Secret (at least 32 characters) device passwords are derived from, so that the broker "
+        "can be restored without any password stored; every API replica needs the same (default: derived "
+        "from --dynsec-password). Changing it makes issued passwords unrestorable: reissue them.",
+    )
+    device_ca_cert_file: str | None = Field(
+        None, description="PEM certificate of the device CA that signs device client certificates."
+    )
+    device_ca_key_file: str | None = Field(
+        None, description="PEM private key of the device CA (with --device-ca-cert-file)."
+    )
+    device_cert_days: int = Field(
+        365, ge=1, le=3650, description="Validity of device client certificates, days."
+    )
+
+    @model_validator(mode="after")
+    def _dynsec_complete(self) -> ApiSettings:
+        if self.dynsec_enabled and self.dynsec_password is None:
+            raise ValueError("CITYINGEST_DYNSEC_PASSWORD is required with CITYINGEST_DYNSEC_ENABLED")
+        key = self.device_credential_key
+        if key is not None and len(key.get_secret_value()) < 32:
+            raise ValueError("CITYINGEST_DEVICE_CREDENTIAL_KEY must have at least 32 characters")
+        if (self.device_ca_cert_file is None) != (self.device_ca_key_file is None):
+            raise ValueError(
+                "give both CITYINGEST_DEVICE_CA_CERT_FILE and CITYINGEST_DEVICE_CA_KEY_FILE, or neither"
+            )
+        return self
 
     @field_validator("ops_components", mode="before")
     @classmethod

@@ -67,3 +67,19 @@ class BrokerRejectedRecord(CityIngestError):
 class BrokerRefused(CityIngestError):
     """Kafka or the MQTT broker refuses this component for good (authorization, configuration, protocol
     version): retrying in-process cannot help; the component fails so its supervisor restarts it."""
+
+
+class DynsecUnavailable(BrokerUnavailable):
+    """The broker's dynamic security plugin cannot be reached or did not answer in time."""
+
+
+class DynsecRefused(CityIngestError):
+    """The dynamic security plugin refused a command (its ``error`` text is the message)."""
+
+
+class DynsecNotFound(DynsecRefused):
+    """The client or role a dynamic security command names does not exist."""
+
+
+class DynsecExists(DynsecRefused):
+    """The client, role or ACL a dynamic security command creates already exists."""

@@ -80,3 +80,15 @@ class MqttSettings(DomainSettings):
     mqtt_topic_prefix: str = Field(
         MQTT_TOPIC_PREFIX, description="First level of device topics: <prefix>/<domain>/<device>/telemetry."
     )
+    mqtt_tls: bool = Field(
+        False, description="Connect to the MQTT broker over TLS (verifying its certificate and host name)."
+    )
+    mqtt_ca_file: str | None = Field(
+        None, description="PEM file of the CA(s) that sign the broker's certificate (default: system CAs)."
+    )
+    mqtt_cert_file: str | None = Field(
+        None, description="PEM client certificate (chain) for brokers that require one (with --mqtt-tls)."
+    )
+    mqtt_key_file: str | None = Field(
+        None, description="PEM private key of the client certificate (default: in the certificate file)."
+    )

@@ -74,18 +74,6 @@ class BridgeSettings(KafkaSettings, MqttSettings):
         description="How long the broker keeps the bridge's session (and queues messages) while it is away.",
     )
     mqtt_keepalive_s: int = Field(30, ge=5, description="MQTT keep-alive interval in seconds.")
-    mqtt_tls: bool = Field(
-        False, description="Connect to the MQTT broker over TLS (verifying its certificate and host name)."
-    )
-    mqtt_ca_file: str | None = Field(
-        None, description="PEM file of the CA(s) that sign the broker's certificate (default: system CAs)."
-    )
-    mqtt_cert_file: str | None = Field(
-        None, description="PEM client certificate (chain) for brokers that require one (with --mqtt-tls)."
-    )
-    mqtt_key_file: str | None = Field(
-        None, description="PEM private key of the client certificate (default: in the certificate file)."
-    )
     max_in_flight: int = Field(
         1000,
         ge=1,

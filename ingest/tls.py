@@ -12,26 +12,11 @@ import socket
 import ssl
 from typing import Final
 
-from core.errors import ConfigError
-from ingest.settings import BridgeSettings
+from core.tls import tls_context
+
+__all__ = ["start_tls", "tls_context"]
 
 HANDSHAKE_TIMEOUT_S: Final = 10.0
-
-
-def tls_context(settings: BridgeSettings) -> ssl.SSLContext | None:
-    """The client context for ``--mqtt-tls`` (certificate and host name verified), else None."""
-    if not settings.mqtt_tls:
-        if settings.mqtt_cert_file or settings.mqtt_ca_file:
-            raise ConfigError("--mqtt-ca-file and --mqtt-cert-file need --mqtt-tls")
-        return None
-    try:
-        context = ssl.create_default_context(cafile=settings.mqtt_ca_file)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if settings.mqtt_cert_file:
-            context.load_cert_chain(settings.mqtt_cert_file, settings.mqtt_key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the MQTT TLS files: {exc}") from exc
-    return context
 
 
 async def start_tls(sock: socket.socket, context: ssl.SSLContext, server_name: str) -> ssl.SSLSocket:

@@ -22,9 +22,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from core.errors import BrokerUnavailable
 from core.readings import from_us
+from core.tls import tls_context
 from simulator.generate import Simulation
 from simulator.model import Message
-from simulator.register import register_city
+from simulator.register import issue_credentials, register_city
 from simulator.settings import SimulatorSettings
 from simulator.truth import Truth
 
@@ -37,6 +38,7 @@ DRAIN_TIMEOUT_S: Final = 10.0
 FINAL_DRAIN_S: Final = 60.0
 """At the end of a run the broker may be reconnecting; paho resends what it has not acknowledged."""
 PROGRESS_EVERY_S: Final = 10.0
+_CONNECT_CONCURRENCY: Final = 32
 
 
 class Publisher:
@@ -47,16 +49,29 @@ class Publisher:
     loop, after the publishing code has recorded the message id.
     """
 
-    def __init__(self, settings: SimulatorSettings, on_ack: Callable[[Message], None]) -> None:
+    def __init__(
+        self,
+        settings: SimulatorSettings,
+        on_ack: Callable[[Message], None],
+        *,
+        login: tuple[str, str] | None = None,
+    ) -> None:
+        """``login`` = (device id, password): connect as that device (user name and client id)."""
         self._settings = settings
         self._on_ack = on_ack
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
+            client_id=settings.client_id if login is None else login[0],
             protocol=MQTTProtocolVersion.MQTTv5,
         )
-        if settings.mqtt_username is not None:
+        if login is not None:
+            self._client.username_pw_set(*login)
+        elif settings.mqtt_username is not None:
             self._client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
+        context = tls_context(settings)
+        if context is not None:
+            # The handshake happens in connect(), which runs in a thread (see start()).
+            self._client.tls_set_context(context)
         # Our own window caps what is in flight; paho's cap (0 = none) would rescan every pending
         # message on each acknowledgement.
         self._client.max_inflight_messages_set(0)
@@ -198,7 +213,14 @@ class Publisher:
     def _add_reader(self, sock: Any) -> None:
         if self._loop is not None and sock.fileno() != -1:
             self._closed.clear()
-            self._loop.add_reader(sock, self._client.loop_read)
+            self._loop.add_reader(sock, self._read, sock)
+
+    def _read(self, sock: Any) -> None:
+        self._client.loop_read()
+        # A TLS socket may hold decrypted bytes the file descriptor no longer signals: read them now.
+        pending = getattr(sock, "pending", None)
+        while pending is not None and pending() > 0 and sock.fileno() != -1:
+            self._client.loop_read()
 
     def _on_socket_close(self, _client: mqtt.Client, _userdata: Any, sock: Any) -> None:
         self._call(self._remove_socket, sock)
@@ -273,6 +295,66 @@ class Publisher:
         self._on_ack(message)
 
 
+class Fleet:
+    """One :class:`Publisher` per device, each logged in with the device's own credentials.
+
+    Each connection keeps its own window of unacknowledged messages (paho numbers messages per
+    connection). A message of a device without credentials (left unregistered) is not published and
+    not counted: such a device cannot connect to a broker that checks credentials.
+    """
+
+    def __init__(
+        self, settings: SimulatorSettings, on_ack: Callable[[Message], None], passwords: dict[str, str]
+    ) -> None:
+        self._publishers = {
+            device: Publisher(settings, on_ack, login=(device, password))
+            for device, password in passwords.items()
+        }
+        self.skipped = 0
+        """Messages of devices without credentials, never published."""
+
+    async def start(self) -> None:
+        """Connect every device (a few at a time); :class:`BrokerUnavailable` if one is refused."""
+        publishers = list(self._publishers.values())
+        for first in range(0, len(publishers), _CONNECT_CONCURRENCY):
+            await asyncio.gather(*(p.start() for p in publishers[first : first + _CONNECT_CONCURRENCY]))
+        log.info("connected %s devices with their own credentials", len(publishers))
+
+    async def publish(self, message: Message) -> None:
+        """Publish on the message's device's connection."""
+        publisher = self._publishers.get(message.device_id)
+        if publisher is None:
+            self.skipped += 1
+            return
+        await publisher.publish(message)
+
+    @property
+    def in_flight(self) -> int:
+        """Messages published and not yet acknowledged, over all connections."""
+        return sum(p.in_flight for p in self._publishers.values())
+
+    @property
+    def acked(self) -> int:
+        """Messages the broker acknowledged with success."""
+        return sum(p.acked for p in self._publishers.values())
+
+    @property
+    def refused(self) -> int:
+        """Messages the broker refused (e.g. not authorized): never counted in the truth."""
+        return sum(p.refused for p in self._publishers.values())
+
+    async def drain(self, limit_s: float = DRAIN_TIMEOUT_S) -> bool:
+        """Wait until every connection's messages are acknowledged; False if ``limit_s`` passed first."""
+        results = await asyncio.gather(*(p.drain(limit_s) for p in self._publishers.values()))
+        return all(results)
+
+    async def stop(self) -> None:
+        """Disconnect every device; idempotent."""
+        await asyncio.gather(*(p.stop() for p in self._publishers.values()))
+        if self.skipped:
+            log.info("%s messages of devices without credentials were not published", self.skipped)
+
+
 async def _wait_for_wall_clock(sim_time_us: int) -> None:
     # Never publish readings from the future: the bridge rejects ts > now + 5 minutes.
     ahead = sim_time_us / 1e6 - time.time()
@@ -280,7 +362,7 @@ async def _wait_for_wall_clock(sim_time_us: int) -> None:
         await asyncio.sleep(ahead)
 
 
-async def _publish_all(sim: Simulation, publisher: Publisher, settings: SimulatorSettings) -> None:
+async def _publish_all(sim: Simulation, publisher: Publisher | Fleet, settings: SimulatorSettings) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     last_report = started
@@ -309,7 +391,11 @@ async def serve(settings: SimulatorSettings) -> None:
     log.info("simulating %s devices from %s (seed %s)", len(sim.devices), from_us(sim.start_us), sim.seed)
     if settings.register_url is not None:
         truth.registered = (await register_city(sim)).registered
-    publisher = Publisher(settings, truth.record)
+    publisher: Publisher | Fleet
+    if settings.credentials_from_api:
+        publisher = Fleet(settings, truth.record, await issue_credentials(settings, truth.registered or ()))
+    else:
+        publisher = Publisher(settings, truth.record)
     try:
         await publisher.start()
         try:
@@ -324,7 +410,7 @@ async def serve(settings: SimulatorSettings) -> None:
     log.info("done: %s messages acknowledged", publisher.acked)
 
 
-async def _finish(publisher: Publisher, truth: Truth, settings: SimulatorSettings) -> None:
+async def _finish(publisher: Publisher | Fleet, truth: Truth, settings: SimulatorSettings) -> None:
     # Give acknowledgements in flight a moment, so the truth matches what the broker accepted.
     if publisher.in_flight:
         await publisher.drain()

@@ -217,15 +217,15 @@ class _Api:
     async def register(self, device_id: str, wanted: dict[str, Any], since: datetime) -> str:
         """Bring one device's entry to ``wanted``: ``created``, ``updated`` or ``unchanged``."""
         path = f"/v1/devices/{quote(device_id, safe='')}"
-        found = await self._call("GET", path)
-        existing = None if found.status_code == 404 else self._checked(found, device_id).json()
+        found = await self.call("GET", path)
+        existing = None if found.status_code == 404 else self.checked(found, device_id).json()
         body = put_body(wanted, since, existing)
         if body is None:
             return "unchanged"
-        stored = self._checked(await self._call("PUT", path, body), device_id)
+        stored = self.checked(await self.call("PUT", path, body), device_id)
         return "created" if stored.status_code == 201 else "updated"
 
-    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._retry_within_s
         delay = _FIRST_DELAY_S
@@ -248,7 +248,7 @@ class _Api:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_DELAY_S)
 
-    def _checked(self, response: httpx.Response, device_id: str) -> httpx.Response:
+    def checked(self, response: httpx.Response, device_id: str) -> httpx.Response:
         """``response`` if it succeeded; otherwise the error that says what to fix."""
         status = response.status_code
         if response.is_success:
@@ -271,6 +271,31 @@ class _Api:
         else:
             message = f"{response.request.method} {response.request.url} failed ({status}: {detail})"
         raise RegistrationError(message)
+
+
+async def issue_credentials(
+    settings: SimulatorSettings, device_ids: Sequence[str], *, retry_within_s: float = RETRY_WITHIN_S
+) -> dict[str, str]:
+    """Each device's MQTT password, issued (or rotated) through ``POST /v1/devices/{id}/credentials``."""
+    url = settings.register_url
+    if url is None:
+        raise ConfigError("register_url is not set: there is no API to obtain credentials from")
+    headers = {"Authorization": f"Bearer {await _api_key(settings)}"}
+    passwords: dict[str, str] = {}
+    limits = httpx.Limits(max_connections=CONCURRENCY)
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, timeout=REQUEST_TIMEOUT_S, limits=limits
+    ) as client:
+        api = _Api(client, url, retry_within_s)
+
+        async def one(device_id: str) -> None:
+            path = f"/v1/devices/{quote(device_id, safe='')}/credentials"
+            issued = api.checked(await api.call("POST", path), device_id).json()
+            passwords[device_id] = str(issued["password"])
+
+        await _each(sorted(device_ids), one, CONCURRENCY)
+    log.info("obtained MQTT credentials for %s devices from %s", len(passwords), url)
+    return passwords
 
 
 def _detail(response: httpx.Response) -> str:

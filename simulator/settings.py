@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,6 +133,14 @@ class SimulatorSettings(MqttSettings):
     api_key: SecretStr | None = Field(
         None, description="The API key itself; prefer --api-key-file or the variable (flags show in ps)."
     )
+    credentials_from_api: bool = Field(
+        False,
+        description="After registering the devices (--register-url), obtain each one's MQTT credentials "
+        "from the API (POST /v1/devices/{id}/credentials, scope devices:write) and publish each device's "
+        "messages on its own connection (user name and client id = device id); also "
+        "CITYINGEST_SIM_CREDENTIALS_FROM_API. Off: one connection with --mqtt-username (what `make "
+        "bench` measures: the pipeline's throughput, not thousands of device logins).",
+    )
     unregistered_share: float = Field(
         0.05,
         ge=0,
@@ -139,6 +148,15 @@ class SimulatorSettings(MqttSettings):
         description="Share of devices left unregistered on purpose (chosen by the seed), as new or rogue "
         "devices are in a real city.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sim_prefixed_flag(cls, data: Any) -> Any:
+        # The dev stack's name for the switch; the plain CITYINGEST_CREDENTIALS_FROM_API (or the flag) wins.
+        alias = os.environ.get("CITYINGEST_SIM_CREDENTIALS_FROM_API")
+        if isinstance(data, dict) and data.get("credentials_from_api") is None and alias is not None:
+            return {**data, "credentials_from_api": alias}
+        return data
 
     @field_validator("districts", mode="before")
     @classmethod
@@ -200,6 +218,8 @@ class SimulatorSettings(MqttSettings):
             raise ValueError("give --api-key or --api-key-file, not both")
         if self.register_url is not None and self.api_key is None and self.api_key_file is None:
             raise ValueError("--register-url needs an API key: give --api-key-file (or --api-key)")
+        if self.credentials_from_api and self.register_url is None:
+            raise ValueError("--credentials-from-api needs --register-url (the API that issues them)")
         return self
 
     def device_counts(self) -> dict[str, int]:

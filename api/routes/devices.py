@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field, model_validator
 
 from api import queries
 from api.auth import Principal, Scope, require
+from api.broker_accounts import follow_device
 from api.deps import CursorsDep, PoolDep, SettingsDep, utc
 from api.pagination import Cursor, Limit, Page
 from api.problems import Problem
@@ -120,11 +121,19 @@ async def get_device(pool: PoolDep, _: Reader, device_id: DeviceId) -> Device:
 
 @router.put("/{device_id}", responses={201: {"model": Device, "description": "Registered"}})
 async def put_device(
-    pool: PoolDep, settings: SettingsDep, _: Writer, device_id: DeviceId, body: DeviceIn, response: Response
+    request: Request,
+    pool: PoolDep,
+    settings: SettingsDep,
+    _: Writer,
+    device_id: DeviceId,
+    body: DeviceIn,
+    response: Response,
 ) -> Device:
     """Register a device, or replace the metadata of a known one (the consumer's columns stay).
 
-    The domain must be one devices may publish under (`CITYINGEST_DOMAINS`), else 422.
+    The domain must be one devices may publish under (`CITYINGEST_DOMAINS`), else 422. A status other
+    than `active` revokes the device's MQTT credentials; a new domain moves its MQTT topic (the broker
+    follows within seconds).
     """
     if body.domain not in settings.domains:
         # The bridge dead-letters every reading under another domain (unknown_domain): such a device
@@ -148,6 +157,7 @@ async def put_device(
         registered,
     ]
     row = await queries.upsert_device(pool, device_id, values)
+    await follow_device(request.app.state.accounts, pool, device_id)
     response.status_code = 201 if row["created"] else 200
     return _device({k: v for k, v in row.items() if k != "created"})
 

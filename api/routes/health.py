@@ -22,7 +22,12 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> dict[str, str]:
-    """The API can answer queries: its database is reachable."""
+    """The API can answer queries: its database is reachable.
+
+    With dynamic security on, ``device_credentials`` says whether the broker can be told about
+    credentials (``connected`` or ``broker unreachable``); an unreachable broker does not make the API
+    unready: everything else is served, the credentials routes answer 503.
+    """
     pool: asyncpg.Pool = request.app.state.pool
     timeout: float = request.app.state.settings.ready_timeout_s
     try:
@@ -37,4 +42,8 @@ async def readyz(request: Request) -> dict[str, str]:
             f"{reason}; check that PostgreSQL is running and CITYINGEST_DATABASE_URL points at it",
             headers={"Retry-After": "5"},
         ) from None
-    return {"status": "ready"}
+    accounts = request.app.state.accounts
+    if accounts is None:
+        return {"status": "ready"}
+    broker = "connected" if accounts.dynsec.connected else "broker unreachable"
+    return {"status": "ready", "device_credentials": broker}

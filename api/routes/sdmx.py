@@ -315,7 +315,11 @@ class DataQuery:
     startPeriod: Period = None
     endPeriod: Period = None
     updatedAfter: Annotated[
-        datetime | None, Query(description="Observations changed after this time (once releases exist).")
+        datetime | None,
+        Query(
+            description="Only observations a release published after this time added or revised "
+            "(provisional figures are never included)."
+        ),
     ] = None
     firstNObservations: Annotated[int | None, Query(ge=1)] = None
     lastNObservations: Annotated[int | None, Query(ge=1)] = None
@@ -331,10 +335,13 @@ class DataQuery:
         ),
     ] = None
     release: Annotated[
-        int | None, Query(ge=1, description="Figures of this release (once releases exist).")
+        int | None, Query(ge=1, description="Figures of this release, the same bytes on every request.")
     ] = None
     asOf: Annotated[
-        datetime | None, Query(description="Figures as published at this time (once releases exist).")
+        datetime | None,
+        Query(
+            description="Each month from the latest release published at or before this time; not with release."
+        ),
     ] = None
 
 

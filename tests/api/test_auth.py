@@ -119,7 +119,7 @@ def table(path: Path) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 2 or not cells[0].startswith(("`GET", "`PUT", "`POST")):
+        if len(cells) != 2 or not cells[0].startswith(("`GET", "`PUT", "`POST", "`DELETE")):
             continue
         scope = None if cells[1] == "none" else cells[1].strip("`")
         for endpoint in cells[0].split(", "):
