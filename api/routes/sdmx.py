@@ -340,7 +340,8 @@ class DataQuery:
     asOf: Annotated[
         datetime | None,
         Query(
-            description="Each month from the latest release published at or before this time; not with release."
+            description="Each month from the latest release published at or before this time "
+            "(not with release)."
         ),
     ] = None
 
