@@ -100,6 +100,7 @@ def _security_lines(port: int, host: str, state_dir: Path, security: BrokerSecur
             *tls,
             "require_certificate true",
             "use_identity_as_username true",
+            "use_username_as_clientid true",
         ]
     if security.plain_port is not None:
         lines.append(f"listener {security.plain_port} 127.0.0.1")
