@@ -24,7 +24,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
 __all__ = ["state_dir"]  # the fixture, shared with test_dev_stack
 
-PRIVATE = ("ca/ca.key", "ca/server.key", "mqtt-admin-password", "mqtt-bridge-password", "dev-api-key")
+PRIVATE = (
+    "ca/ca.key",
+    "ca/server.key",
+    "mqtt-admin-password",
+    "mqtt-bridge-password",
+    "dev-api-key",
+    "mosquitto/dynamic-security.json",
+    "mosquitto/tls-server.key",
+)
 
 
 def _pub(
