@@ -78,14 +78,16 @@ def _add_device_as_admin(run: DevRun, device: str, password: str) -> str:
     return topic
 
 
-def _latest(api: str, key: str, device: str) -> list[Any]:
+def _latest(api: str, key: str, device: str) -> list[dict[str, Any]]:
+    """The device's newest reading per metric, through the API."""
     request = urllib.request.Request(  # noqa: S310 - loopback test URL
         f"{api}/v1/devices/{device}/latest", headers={"Authorization": f"Bearer {key}"}
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback test URL
         doc = json.load(response)
-    items: list[Any] = doc["items"] if isinstance(doc, dict) else doc
-    return items
+    assert doc["device_id"] == device
+    metrics: list[dict[str, Any]] = doc["metrics"]
+    return metrics
 
 
 def test_the_default_stack_speaks_tls_with_credentials_only(state_dir: Path) -> None:
