@@ -1,7 +1,7 @@
 """Throughput of one bridge process, next to the broker's own QoS 1 ceiling, measured in the same run.
 
 Usage: ``.venv/bin/python -m bench.ingest [--messages N] [--packs N] [--publishers P]
-[--dead-letter-messages N]``
+[--dead-letter-messages N] [--no-tls]``
 (behind ``make bench-ingest``).
 
 It starts its own Mosquitto and Tansu (memory storage) on free ports, then for each workload:
@@ -14,7 +14,12 @@ It starts its own Mosquitto and Tansu (memory storage) on free ports, then for e
 Workloads: single-reading JSON messages, and SenML packs of 50 readings. Targets on a 2-core machine:
 10,000 single-reading messages/s and 150,000 readings/s with packs of 50. Then a sustained stream of
 256 KiB messages of invalid readings (:mod:`bench.deadletters`): msg/s, dead letters written and the
-bridge's peak memory against its 300 MB target. Not a test: it prints figures.
+bridge's peak memory against its 300 MB target.
+
+Then TLS against plain, in the same run on one broker secured as ``cityingest dev`` secures it (dev CA,
+dynamic security, the bridge's own account; :class:`Link`): the same workloads and measurements once over
+the plain listener and once over TLS (publishers, the ceiling's subscriber and the bridge), and the ratio
+TLS/plain of each. Not a test: it prints figures.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from pathlib import Path
 
 import orjson
 
+from devstack.certs import ensure_certificates
+from devstack.dynsec import BRIDGE_USERNAME, anonymous_commands, bridge_commands, run_commands
 from devstack.kafka import ensure_topics
-from devstack.mosquitto import MosquittoBroker
+from devstack.mosquitto import BrokerSecurity, MosquittoBroker
 from devstack.process import ChildProcess, free_port
 from devstack.tansu import TansuBroker
 
@@ -54,6 +61,44 @@ class Workload:
     readings_per_message: int
     files: list[tuple[str, Path]]
     """(topic, file of newline-separated payloads) per publisher process."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """How the bench's clients reach a secured broker: its plain listener or its TLS one (with the dev CA).
+
+    Publishers are anonymous (allowed to publish telemetry only); the bridge and the ceiling's subscriber
+    log in with the bridge's account.
+    """
+
+    name: str
+    port: int
+    login: tuple[str, str]
+    ca_file: Path | None = None
+
+    def client_args(self, *, login: bool = False) -> list[str]:
+        """mosquitto_pub/sub options for this link."""
+        args = ["-p", str(self.port)]
+        if self.ca_file is not None:
+            args += ["--cafile", str(self.ca_file)]
+        if login:
+            args += ["-u", self.login[0], "-P", self.login[1]]
+        return args
+
+    def bridge_env(self) -> dict[str, str]:
+        """The bridge's settings for this link."""
+        env = {
+            "CITYINGEST_MQTT_PORT": str(self.port),
+            "CITYINGEST_MQTT_USERNAME": self.login[0],
+            "CITYINGEST_MQTT_PASSWORD": self.login[1],
+        }
+        if self.ca_file is not None:
+            env |= {"CITYINGEST_MQTT_TLS": "true", "CITYINGEST_MQTT_CA_FILE": str(self.ca_file)}
+        return env
+
+
+def _port_args(port: int, link: Link | None, *, login: bool = False) -> list[str]:
+    return ["-p", str(port)] if link is None else link.client_args(login=login)
 
 
 def single_payload(i: int) -> dict[str, object]:
@@ -87,14 +132,16 @@ def make_workload(name: str, messages: int, publishers: int, pack: int, workdir:
     return Workload(name, messages, pack, files)
 
 
-def start_publishers(port: int, workload: Workload) -> list[subprocess.Popen[bytes]]:
+def start_publishers(
+    port: int, workload: Workload, link: Link | None = None
+) -> list[subprocess.Popen[bytes]]:
     """One ``mosquitto_pub -q 1 -l`` process per payload file."""
     procs = []
     for topic, path in workload.files:
         with path.open("rb") as stdin:
             procs.append(
                 subprocess.Popen(
-                    ["mosquitto_pub", "-p", str(port), "-q", "1", "-t", topic, "-l"],
+                    ["mosquitto_pub", *_port_args(port, link), "-q", "1", "-t", topic, "-l"],
                     stdin=stdin,
                     stdout=subprocess.DEVNULL,
                 )
@@ -108,13 +155,12 @@ def wait_all(procs: list[subprocess.Popen[bytes]]) -> None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
 
 
-def broker_ceiling(port: int, workload: Workload) -> float:
+def broker_ceiling(port: int, workload: Workload, link: Link | None = None) -> float:
     """Messages/s from mosquitto_pub to mosquitto_sub at QoS 1 (both C clients)."""
     sub = subprocess.Popen(
         [
             "mosquitto_sub",
-            "-p",
-            str(port),
+            *_port_args(port, link, login=True),
             "-q",
             "1",
             "-t",
@@ -126,7 +172,7 @@ def broker_ceiling(port: int, workload: Workload) -> float:
     )
     time.sleep(0.5)  # let it subscribe
     start = time.perf_counter()
-    wait_all(start_publishers(port, workload))
+    wait_all(start_publishers(port, workload, link))
     if sub.wait(timeout=600) != 0:
         raise RuntimeError("mosquitto_sub failed")
     return workload.messages / (time.perf_counter() - start)
@@ -158,7 +204,9 @@ def scrape_rejected(port: int) -> Counter[str]:
     return Counter({m[1]: int(float(m[2])) for m in REJECTED.finditer(text)})
 
 
-def start_bridge(mqtt_port: int, kafka: str, name: str, workdir: Path) -> tuple[ChildProcess, int]:
+def start_bridge(
+    mqtt_port: int, kafka: str, name: str, workdir: Path, link: Link | None = None
+) -> tuple[ChildProcess, int]:
     """A bridge process subscribed to the bench's topics, ready; and its HTTP port. It is started as compose
     and Kubernetes run it, ``cityingest bridge`` (here ``python -m cli bridge``) with its HTTP flags."""
     http_port = free_port()
@@ -171,6 +219,7 @@ def start_bridge(mqtt_port: int, kafka: str, name: str, workdir: Path) -> tuple[
         "CITYINGEST_KAFKA_IDEMPOTENCE": "false",
         "CITYINGEST_CLIENT_ID": f"bench-{name}",
         "CITYINGEST_LOG_LEVEL": "WARNING",
+        **(link.bridge_env() if link is not None else {}),
     }
     argv = [sys.executable, "-m", "cli", "bridge", "--http-host", "127.0.0.1", "--http-port", str(http_port)]
     bridge = ChildProcess("bridge", argv, log_path=workdir / f"bridge-{name}.log", env=env, cwd=ROOT)
@@ -184,14 +233,17 @@ def start_bridge(mqtt_port: int, kafka: str, name: str, workdir: Path) -> tuple[
     return bridge, http_port
 
 
-def bridge_rate(mqtt_port: int, kafka: str, workload: Workload, workdir: Path) -> tuple[float, float, float]:
+def bridge_rate(
+    mqtt_port: int, kafka: str, workload: Workload, workdir: Path, link: Link | None = None
+) -> tuple[float, float, float]:
     """(messages/s, readings/s, bridge CPU share) of one bridge process draining the workload."""
-    bridge, http_port = start_bridge(mqtt_port, kafka, workload.name, workdir)
+    name = workload.name if link is None else f"{workload.name}-{link.name}"
+    bridge, http_port = start_bridge(mqtt_port, kafka, name, workdir, link)
     try:
         assert bridge.pid is not None
         cpu0 = cpu_seconds(bridge.pid)
         start = time.perf_counter()
-        wait_all(start_publishers(mqtt_port, workload))
+        wait_all(start_publishers(mqtt_port, workload, link))
         while (
             acked := scrape(http_port).get("cityingest_bridge_messages_acked_total", 0)
         ) < workload.messages:
@@ -209,6 +261,58 @@ def bridge_rate(mqtt_port: int, kafka: str, workload: Workload, workdir: Path) -
         bridge.stop()
 
 
+def secured_links(workdir: Path) -> tuple[MosquittoBroker, Link, Link]:
+    """A broker secured as ``cityingest dev`` secures it, with a plain listener too; its two links."""
+    certs = ensure_certificates(workdir / "ca")
+    admin, bridge = os.urandom(16).hex(), os.urandom(16).hex()
+    plain_port = free_port()
+    security = BrokerSecurity(certs.ca_cert, certs.server_cert, certs.server_key, plain_port=plain_port)
+    broker = MosquittoBroker(workdir / "mosquitto-secured", free_port(), security=security)
+    broker.init_dynsec(admin)
+    broker.start()
+    try:
+        commands = bridge_commands(PREFIX, bridge) + anonymous_commands(PREFIX)
+        run_commands(broker.host, broker.port, certs.ca_cert, admin, commands)
+    except BaseException:
+        broker.stop()
+        raise
+    login = (BRIDGE_USERNAME, bridge)
+    return broker, Link("plain", plain_port, login), Link("tls", broker.port, login, certs.ca_cert)
+
+
+def tls_report(kafka: str, workloads: list[Workload], workdir: Path) -> None:
+    """Each workload over the plain listener and over TLS on one secured broker, and TLS/plain."""
+    broker, plain, tls = secured_links(workdir)
+    try:
+        print("TLS against plain, one secured broker (dynamic security; the bridge with its account)")
+        print(
+            f"{'workload':<10} {'link':<5} {'ceiling msg/s':>14} {'bridge msg/s':>13} {'readings/s':>11} "
+            f"{'of ceiling':>10} {'bridge CPU':>10}"
+        )
+        results: dict[tuple[str, str], tuple[float, float, float]] = {}
+        for workload in workloads:
+            for link in (plain, tls):
+                ceiling = broker_ceiling(link.port, workload, link)
+                msgs, readings, cpu = bridge_rate(link.port, kafka, workload, workdir, link)
+                results[workload.name, link.name] = (ceiling, msgs, cpu)
+                print(
+                    f"{workload.name:<10} {link.name:<5} {ceiling:>14,.0f} {msgs:>13,.0f} {readings:>11,.0f} "
+                    f"{msgs / ceiling:>10.0%} {cpu:>10.0%}"
+                )
+        for workload in workloads:
+            (c_plain, m_plain, cpu_plain), (c_tls, m_tls, cpu_tls) = (
+                results[workload.name, "plain"],
+                results[workload.name, "tls"],
+            )
+            print(
+                f"{workload.name:<10} TLS/plain: ceiling {c_tls / c_plain:.2f}, "
+                f"bridge {m_tls / m_plain:.2f}, "
+                f"bridge CPU per message {(cpu_tls / m_tls) / (cpu_plain / m_plain):.2f}"
+            )
+    finally:
+        broker.stop()
+
+
 async def make_topics(bootstrap: str) -> None:
     await ensure_topics(bootstrap, {"readings": 6, "readings.dlq": 1})
 
@@ -220,6 +324,9 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, default=2, help="mosquitto_pub processes per workload")
     parser.add_argument(
         "--dead-letter-messages", type=int, default=1_000, help="256 KiB messages of invalid readings"
+    )
+    parser.add_argument(
+        "--no-tls", action="store_true", help="leave out the TLS/plain comparison on a secured broker"
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cityingest-bench-") as tmp:
@@ -251,6 +358,8 @@ def main() -> None:
                 from bench.deadletters import report
 
                 report(mosquitto.port, tansu.bootstrap, args.dead_letter_messages, args.publishers, workdir)
+            if not args.no_tls:
+                tls_report(tansu.bootstrap, workloads, workdir)
         finally:
             tansu.stop()
             mosquitto.stop()

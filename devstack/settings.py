@@ -15,7 +15,30 @@ class DevSettings(TopicSettings):
     state_dir: Path = Field(Path(".cityingest"), description="Where the stack keeps its data and logs.")
     api_host: str = Field("127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(8000, ge=1, le=65535, description="API port (a free one if the default is busy).")
-    mqtt_port: int = Field(1883, ge=1, le=65535, description="MQTT port (a free one if the default is busy).")
+    mqtt_port: int = Field(
+        8883,
+        ge=1,
+        le=65535,
+        description="MQTT TLS port, user name and password (a free one if the default is busy).",
+    )
+    mqtt_cert_port: int = Field(
+        8884,
+        ge=1,
+        le=65535,
+        description="MQTT TLS port requiring a client certificate of the dev CA, whose common name is the "
+        "user name (a free one if the default is busy).",
+    )
+    insecure_mqtt: bool = Field(
+        False,
+        description="Also open a plain MQTT listener on 127.0.0.1 (--mqtt-plain-port) where anonymous "
+        "clients may publish telemetry; for quick experiments only.",
+    )
+    mqtt_plain_port: int = Field(
+        1883,
+        ge=1,
+        le=65535,
+        description="The plain listener's port with --insecure-mqtt (a free one if the default is busy).",
+    )
     kafka_port: int = Field(
         9092, ge=1, le=65535, description="Kafka port (a free one if the default is busy)."
     )

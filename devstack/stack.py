@@ -20,9 +20,13 @@ from api.auth import Scope, parse_key
 from api.keys import create_api_key, key_has_scopes, revoke_api_key
 from consumers.settings import ConsumerSettings
 from core.runtime import Backoff
+from core.settings import MqttSettings
+from devstack.certs import DevCertificates, ensure_certificates
+from devstack.demo import DemoDevice, demo_device
+from devstack.dynsec import BRIDGE_USERNAME, anonymous_commands, bridge_commands, run_commands
 from devstack.kafka import ensure_topics
 from devstack.lag import forget_offsets, total_lag
-from devstack.mosquitto import MosquittoBroker
+from devstack.mosquitto import DYNSEC_ADMIN, BrokerSecurity, MosquittoBroker
 from devstack.postgres import PostgresCluster
 from devstack.process import ChildProcess, ServiceError, free_port, port_is_free, wait_healthy
 from devstack.runfile import remove_run_file, write_run_file
@@ -81,6 +85,8 @@ class Endpoints:
 
     api: str = ""
     mqtt: str = ""
+    mqtt_cert: str = ""
+    mqtt_plain: str = ""
     kafka: str = ""
     database: str = ""
     extra: dict[str, str] = field(default_factory=dict)
@@ -101,6 +107,12 @@ class DevStack:
         self.api_key = ""
         self.key_file = self.state / "dev-api-key"
         self.client_id_secret_file = self.state / "mqtt-client-id-secret"
+        self.admin_password_file = self.state / "mqtt-admin-password"
+        self.bridge_password_file = self.state / "mqtt-bridge-password"
+        self.certs = DevCertificates(self.state / "ca")
+        self.prefix = MqttSettings().mqtt_topic_prefix
+        self.demo: DemoDevice | str | None = None
+        """The demo device's credential for the printed mosquitto_pub command, or why there is none."""
         self.watches: list[ServiceWatch] = []
         # The consumers read their group from the same environment; the drain must ask about that group.
         self._group = ConsumerSettings().group_id
@@ -117,9 +129,7 @@ class DevStack:
         self.pg = PostgresCluster(self.state / "pg", _pick_port(s, "pg_port"))
         self.pg.start()
         self.endpoints.database = self.pg.create_database(DATABASE)
-        self.mqtt = MosquittoBroker(self.state / "mosquitto", _pick_port(s, "mqtt_port"))
-        self.mqtt.start()
-        self.endpoints.mqtt = self.mqtt.url
+        self.mqtt = self._start_mqtt()
         self.kafka = TansuBroker(self.logs, _pick_port(s, "kafka_port"))
         self.kafka.start()
         self.endpoints.kafka = self.kafka.bootstrap
@@ -140,6 +150,44 @@ class DevStack:
                 "applied yet is LOST",
             ),
         ]
+
+    def _start_mqtt(self) -> MosquittoBroker:
+        """Certificates, the dynamic security file and its admin, the broker, then the bridge's account."""
+        s = self.settings
+        self.certs = ensure_certificates(self.state / "ca")
+        broker_dir = self.state / "mosquitto"
+        if not self.admin_password_file.exists() and (broker_dir / "dynamic-security.json").exists():
+            # Nobody can administer a file whose admin password is lost: start a new one. The API's
+            # reconciler gives the devices their credentials back from the database.
+            lost = broker_dir / "dynamic-security.json"
+            lost.replace(lost.with_suffix(".json.orphaned"))
+            log.warning("%s had no admin password file: moved aside, a new one is made", lost)
+        admin = state_secret(self.admin_password_file)
+        bridge = state_secret(self.bridge_password_file)
+        plain = _pick_port(s, "mqtt_plain_port") if s.insecure_mqtt else None
+        security = BrokerSecurity(
+            self.certs.ca_cert,
+            self.certs.server_cert,
+            self.certs.server_key,
+            cert_port=_pick_port(s, "mqtt_cert_port"),
+            plain_port=plain,
+        )
+        broker = MosquittoBroker(broker_dir, _pick_port(s, "mqtt_port"), security=security)
+        broker.init_dynsec(admin)
+        broker.start()
+        try:
+            commands = bridge_commands(self.prefix, bridge)
+            if s.insecure_mqtt:
+                commands += anonymous_commands(self.prefix)
+            run_commands(broker.host, broker.port, self.certs.ca_cert, admin, commands)
+        except BaseException:
+            broker.stop()
+            raise
+        self.endpoints.mqtt = broker.url
+        self.endpoints.mqtt_cert = f"mqtts://{broker.host}:{security.cert_port}"
+        if plain is not None:
+            self.endpoints.mqtt_plain = f"mqtt://127.0.0.1:{plain}"
+        return broker
 
     async def prepare_store(self) -> None:
         """Migrate the database and create the topics."""
@@ -186,6 +234,9 @@ class DevStack:
                 "CITYINGEST_KAFKA_PARTITIONS": str(self.settings.kafka_partitions),
                 "CITYINGEST_MQTT_HOST": "127.0.0.1",
                 "CITYINGEST_MQTT_PORT": str(self.mqtt.port if self.mqtt else 0),
+                # Every component reaches the broker over TLS, trusting the dev CA only.
+                "CITYINGEST_MQTT_TLS": "true",
+                "CITYINGEST_MQTT_CA_FILE": str(self.certs.ca_cert),
                 "CITYINGEST_LOG_LEVEL": self.settings.log_level,
                 "PYTHONUNBUFFERED": "1",
             }
@@ -219,7 +270,16 @@ class DevStack:
             "api",
             ["api", "--api-host", s.api_host, "--api-port", str(api_port)],
             f"{self.endpoints.api}/healthz",
-            env={"CITYINGEST_OPS_COMPONENTS": targets},
+            env={
+                "CITYINGEST_OPS_COMPONENTS": targets,
+                # The API issues device credentials and tells the broker through dynamic security; device
+                # certificates are signed by the dev CA, the one the broker trusts.
+                "CITYINGEST_DYNSEC_ENABLED": "true",
+                "CITYINGEST_DYNSEC_USERNAME": DYNSEC_ADMIN,
+                "CITYINGEST_DYNSEC_PASSWORD": state_secret(self.admin_password_file),
+                "CITYINGEST_DEVICE_CA_CERT_FILE": str(self.certs.ca_cert),
+                "CITYINGEST_DEVICE_CA_KEY_FILE": str(self.certs.ca_key),
+            },
         )
         for name in names:
             self.endpoints.extra[name] = f"http://127.0.0.1:{ports[name]}/metrics"
@@ -237,7 +297,11 @@ class DevStack:
             "bridge",
             ["bridge", "--http-port", str(port), "--bridge-id", "dev-bridge"],
             f"http://127.0.0.1:{port}/healthz",
-            env={"CITYINGEST_MQTT_CLIENT_ID_SECRET": secret},
+            env={
+                "CITYINGEST_MQTT_CLIENT_ID_SECRET": secret,
+                "CITYINGEST_MQTT_USERNAME": BRIDGE_USERNAME,
+                "CITYINGEST_MQTT_PASSWORD": state_secret(self.bridge_password_file),
+            },
         )
         if s.simulator:
             # The simulator registers the city through the API (started before it) as an asset register
@@ -248,7 +312,9 @@ class DevStack:
             args = ["--devices", str(s.simulator_devices), "--rate", str(s.simulator_rate), "--live"]
             args += ["--seed", str(s.simulator_seed)]
             args += ["--register-url", url, "--api-key-file", str(self.key_file)]
-            self._add("simulator", ["simulate", *args], None, finished_ok=True)
+            # Its devices publish with credentials the API issues them, over TLS: the whole secured path.
+            env = {"CITYINGEST_SIM_CREDENTIALS_FROM_API": "true"}
+            self._add("simulator", ["simulate", *args], None, finished_ok=True, env=env)
 
     async def start_components(self, within_s: float = 60.0) -> None:
         """Start every component and wait until each answers its health check."""
@@ -357,7 +423,16 @@ class DevStack:
             "cityingest dev is running. Ctrl-C stops everything.",
             f"  API         {self.endpoints.api}   docs: {self.endpoints.api}/docs   "
             f"dashboard: {self.endpoints.api}/ops",
-            f"  MQTT        {self.endpoints.mqtt}   publish to city/<domain>/<device_id>/telemetry (QoS 1)",
+            f"  MQTT        {self.endpoints.mqtt}   TLS (CA {self.certs.ca_cert}), device id and password; "
+            f"publish to {self.prefix}/<domain>/<device_id>/telemetry (QoS 1)",
+            f"  MQTT cert   {self.endpoints.mqtt_cert}   TLS with a client certificate of that CA",
+        ]
+        if self.endpoints.mqtt_plain:
+            lines.append(
+                f"  MQTT plain  {self.endpoints.mqtt_plain}   --insecure-mqtt: anonymous, no TLS, "
+                "telemetry only (experiments)"
+            )
+        lines += [
             f"  Kafka       {self.endpoints.kafka}   topics: {self.settings.readings_topic} "
             f"({self.settings.kafka_partitions} partitions), {self.settings.dlq_topic}",
             f"  PostgreSQL  {self.endpoints.database}",
@@ -365,6 +440,14 @@ class DevStack:
         lines += [f"  {name:<11} {url}" for name, url in self.endpoints.extra.items()]
         lines.append(f"  API key     {self.api_key}   (every scope; also in {self.key_file})")
         lines.append(f"  logs        {self.logs}")
+        if isinstance(self.demo, DemoDevice):
+            lines.append(
+                f"Publish a reading as demo device {self.demo.device_id} "
+                "(with the credential the API issued it just now):"
+            )
+            lines.append(f"  {self.demo.mosquitto_pub(self.mqtt.host if self.mqtt else '127.0.0.1')}")
+        elif self.demo is not None:
+            lines.append(f"No demo device credential: {self.demo}")
         return "\n".join(lines)
 
     # -- stopping -----------------------------------------------------------------------------
@@ -430,6 +513,10 @@ async def serve(settings: DevSettings) -> None:
         write_run_file(stack.state, {"database": e.database, "api": e.api, "mqtt": e.mqtt, "kafka": e.kafka})
         await stack.start_components()
         await stack.wait_ready()
+        if stack.mqtt is not None:
+            stack.demo = await demo_device(
+                stack.endpoints.api, stack.api_key, stack.certs.ca_cert, stack.mqtt.port
+            )
         print(stack.describe(), flush=True)
         await stack.supervise()
     finally:

@@ -12,7 +12,8 @@ Everything private of paho 2 that cityingest relies on (paho is pinned below 2.3
 The overrides:
 
 * ``_sock_recv`` reads the socket in large chunks and serves paho's small reads from a buffer (paho reads
-  a packet a few bytes at a time otherwise: three system calls per message);
+  a packet a few bytes at a time otherwise: three system calls per message); over TLS it reads record
+  after record until the socket would block (a TLS read returns one record, often one message);
 * ``_create_socket_connection`` returns a socket the event loop already connected (and, with TLS, already
   wrapped and through its handshake: :mod:`ingest.tls`), so (re)connecting never blocks the loop;
 * ``_handle_publish`` decodes QoS 0/1 PUBLISH packets without building MQTT 5 property objects or
@@ -56,13 +57,30 @@ class AsyncioPahoClient(paho.Client):
             if not data:
                 return data
             self.rbuf += data
-            # TLS: bytes already decrypted inside the SSL object would not make the socket readable.
             sock = self._sock
-            while isinstance(sock, ssl.SSLSocket) and (pending := sock.pending()):
-                self.rbuf += sock.recv(pending)
+            if isinstance(sock, ssl.SSLSocket):
+                self._read_more_records(sock)
         chunk = bytes(self.rbuf[:bufsize])
         del self.rbuf[:bufsize]
         return chunk
+
+    def _read_more_records(self, sock: ssl.SSLSocket) -> None:
+        """Read on while the TLS socket has data, up to the buffer's size.
+
+        A TLS read returns one record, and Mosquitto sends each message in a record of its own: reading
+        one per readable event would cost every message a turn of the event loop. Reading until the
+        socket would block also leaves no decrypted byte behind in the SSL object (``pending()``), where
+        it would not make the socket readable again. An error or the end of the stream is left for the
+        next read, after the bytes already buffered have been handled.
+        """
+        while len(self.rbuf) < _READ_BUFFER:
+            try:
+                more = sock.recv(_READ_BUFFER - len(self.rbuf))
+            except OSError:  # ssl.SSLWantReadError (nothing more for now) included
+                return
+            if not more:
+                return
+            self.rbuf += more
 
     def _handle_publish(self) -> MQTTErrorCode:
         # paho decodes every MQTT 5 PUBLISH's properties into an object and matches per-topic callbacks,

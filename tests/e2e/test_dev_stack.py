@@ -28,6 +28,7 @@ from simulator.settings import DEFAULT_DISTRICTS
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
 STARTUP_LIMIT_S = 180
+COUNT_SQL_BY_DEVICE = "SELECT count(*) FROM readings WHERE device_id = $1"
 
 
 class DevRun:
@@ -35,7 +36,8 @@ class DevRun:
 
     def __init__(self, state_dir: Path, *extra: str, ports: dict[str, int] | None = None) -> None:
         self.state_dir = state_dir
-        self.ports = ports or {name: free_port() for name in ("api", "mqtt", "kafka", "pg")}
+        names = ("api", "mqtt", "mqtt-cert", "mqtt-plain", "kafka", "pg")
+        self.ports = ports or {name: free_port() for name in names}
         self.output = state_dir.parent / f"dev-{time.monotonic_ns()}.out"
         argv = [sys.executable, "-m", "cli", "dev", "--state-dir", str(state_dir)]
         for name, port in self.ports.items():
@@ -71,6 +73,36 @@ class DevRun:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             pytest.fail(f"cityingest dev did not stop within {within_s}s:\n{self.text()}")
+
+
+def issue_credential(api: str, key: str, device: str, domain: str = "water") -> dict[str, Any]:
+    """Register ``device`` and issue it MQTT credentials through the API, as a device team would."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    body = json.dumps({"domain": domain}).encode()
+    put = urllib.request.Request(f"{api}/v1/devices/{device}", body, headers, method="PUT")  # noqa: S310
+    with urllib.request.urlopen(put, timeout=10):  # noqa: S310 - loopback test URL
+        pass
+    post = urllib.request.Request(f"{api}/v1/devices/{device}/credentials", b"{}", headers, method="POST")  # noqa: S310
+    with urllib.request.urlopen(post, timeout=10) as response:  # noqa: S310 - loopback test URL
+        assert response.status == 201
+        doc: dict[str, Any] = json.load(response)
+    return doc
+
+
+def tls_login(run: DevRun, credential: dict[str, Any]) -> list[str]:
+    """mosquitto_pub/sub options for the dev stack's TLS listener with a credential the API issued."""
+    return [
+        "-p",
+        str(run.ports["mqtt"]),
+        "--cafile",
+        str(run.state_dir / "ca" / "ca.pem"),
+        "-u",
+        credential["username"],
+        "-P",
+        credential["password"],
+        "-i",
+        credential["client_id"],
+    ]
 
 
 def _processes_mentioning(needle: str) -> list[str]:
@@ -157,7 +189,7 @@ def test_dev_stack_runs_end_to_end_and_stops_cleanly(state_dir: Path) -> None:
     assert elapsed < STARTUP_LIMIT_S
     out = run.text()
     api = f"http://127.0.0.1:{run.ports['api']}"
-    for endpoint in (api, f"mqtt://127.0.0.1:{run.ports['mqtt']}", f"127.0.0.1:{run.ports['kafka']}"):
+    for endpoint in (api, f"mqtts://127.0.0.1:{run.ports['mqtt']}", f"127.0.0.1:{run.ports['kafka']}"):
         assert endpoint in out
     assert _get(f"{api}/healthz") == 200
     assert _get(f"{api}/readyz") == 200
@@ -190,23 +222,16 @@ def test_dev_stack_runs_end_to_end_and_stops_cleanly(state_dir: Path) -> None:
     assert districts - {None}, cells
     assert districts - {None} <= set(DEFAULT_DISTRICTS), cells
 
-    # Readings of our own, published with QoS 1 just before the stop, must survive it.
+    # Readings of our own, published with QoS 1 over TLS with a credential the API issued, just before
+    # the stop, must survive it.
     device = "e2e-meter-1"
+    credential = issue_credential(api, key.group(1), device)
     lines = [
         f'{{"metric": "water_flow", "value": {i}.5, "ts": "2026-11-01T00:{i // 60:02d}:{i % 60:02d}Z"}}'
         for i in range(200)
     ]
     pub = subprocess.run(
-        [
-            "mosquitto_pub",
-            "-p",
-            str(run.ports["mqtt"]),
-            "-q",
-            "1",
-            "-t",
-            f"city/water/{device}/telemetry",
-            "-l",
-        ],
+        ["mosquitto_pub", *tls_login(run, credential), "-q", "1", "-t", credential["topic"], "-l"],
         input="\n".join(lines) + "\n",
         text=True,
         capture_output=True,

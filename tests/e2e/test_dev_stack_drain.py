@@ -1,5 +1,8 @@
 """``cityingest dev`` must not discard Tansu (memory only) before the consumer applied everything in it.
 
+The bursts go to the plain anonymous listener of ``--insecure-mqtt``: these tests are about the drain,
+not about devices' credentials (tests/e2e/test_dev_stack_security.py).
+
 Small consumer batches (``CITYINGEST_BATCH_MAX_RECORDS=7``) keep a backlog in Kafka after a burst the
 bridge forwarded in batches, the case where Tansu's reported end offsets fall short of the real ones.
 """
@@ -72,15 +75,15 @@ def assert_stored_once(dsn: str, sent: dict[datetime, float]) -> None:
 
 def test_sigint_right_after_a_burst_loses_nothing(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CITYINGEST_BATCH_MAX_RECORDS", "7")
-    run = DevRun(state_dir, "--no-simulator")
+    run = DevRun(state_dir, "--no-simulator", "--insecure-mqtt")
     run.wait_running()
-    sent = publish_burst(run.ports["mqtt"], DEVICE, READINGS)
+    sent = publish_burst(run.ports["mqtt-plain"], DEVICE, READINGS)
     assert run.stop(signal.SIGINT) == 0, run.text()
     assert "the store has not applied" not in run.text(), run.text()  # the drain finished
 
     # The next run starts on the same store: everything acknowledged before the Ctrl-C is there, once
     # (what the bridge had not taken yet waited in Mosquitto's persistent session and follows now).
-    second = DevRun(state_dir, "--no-simulator")
+    second = DevRun(state_dir, "--no-simulator", "--insecure-mqtt")
     second.wait_running()
     try:
         assert_stored_once(second.dsn, sent)
@@ -94,10 +97,18 @@ def test_tansu_rotation_during_a_burst_loses_nothing(
 ) -> None:
     monkeypatch.setenv("CITYINGEST_BATCH_MAX_RECORDS", "7")
     # Tansu always holds more than 1 MiB: the stack drains and replaces it at every check.
-    run = DevRun(state_dir, "--no-simulator", "--kafka-max-rss-mb", "1", "--kafka-check-interval-s", "1")
+    run = DevRun(
+        state_dir,
+        "--no-simulator",
+        "--insecure-mqtt",
+        "--kafka-max-rss-mb",
+        "1",
+        "--kafka-check-interval-s",
+        "1",
+    )
     run.wait_running()
     try:
-        sent = publish_burst(run.ports["mqtt"], DEVICE, READINGS)
+        sent = publish_burst(run.ports["mqtt-plain"], DEVICE, READINGS)
         # Two more rotations after every reading was acknowledged: the first may have begun before the
         # bridge forwarded the last ones; by the second the whole burst went through one.
         rotations = run.text().count(ROTATION)

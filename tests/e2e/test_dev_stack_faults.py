@@ -3,6 +3,9 @@
 Mosquitto is killed while the bridge is behind (SIGSTOPped, so the broker holds the backlog): what the
 broker acknowledged before its last save (the chosen loss window, docs/operations.md) must survive, as
 must that backlog when an outsider connects with every client id of the bridge it can work out.
+
+Readings go to the plain anonymous listener of ``--insecure-mqtt``: these tests are about crashes, not
+devices' credentials (tests/e2e/test_dev_stack_security.py); the anonymous outsider is the worst case.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def _publish(run: DevRun, device: str, count: int, within_s: float = 60) -> None
             [
                 "mosquitto_pub",
                 "-p",
-                str(run.ports["mqtt"]),
+                str(run.ports["mqtt-plain"]),
                 "-q",
                 "1",
                 "-t",
@@ -106,7 +109,7 @@ def _stored(run: DevRun, device: str, count: int, within_s: float = 120) -> int:
 
 
 def test_mosquitto_killed_behind_a_backlog_is_restarted_and_loses_nothing_saved(state_dir: Path) -> None:
-    run = DevRun(state_dir, "--no-simulator")
+    run = DevRun(state_dir, "--no-simulator", "--insecure-mqtt")
     run.wait_running()
     try:
         mosquitto = _child(run, "mosquitto.conf")
@@ -118,7 +121,7 @@ def test_mosquitto_killed_behind_a_backlog_is_restarted_and_loses_nothing_saved(
             # An outsider who tries every client id it can work out must not wipe the queued backlog.
             for guess in (guessable_client_id(socket.gethostname()), guessable_client_id("dev-bridge")):
                 for protocol in (MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311):
-                    assert connect_clean("127.0.0.1", run.ports["mqtt"], guess, protocol=protocol)
+                    assert connect_clean("127.0.0.1", run.ports["mqtt-plain"], guess, protocol=protocol)
             # Every PUBACK came before this point; once the loss window has passed (docs/operations.md:
             # 2 s with the dev broker's settings) the broker has saved them, and a crash loses none.
             time.sleep(LOSS_WINDOW_S + 0.5)
@@ -137,7 +140,7 @@ def test_mosquitto_killed_behind_a_backlog_is_restarted_and_loses_nothing_saved(
 
 
 def test_postgres_killed_is_restarted_and_readings_flow_again(state_dir: Path) -> None:
-    run = DevRun(state_dir, "--no-simulator")
+    run = DevRun(state_dir, "--no-simulator", "--insecure-mqtt")
     run.wait_running()
     try:
         _publish(run, "before-pg", 50)
@@ -155,7 +158,7 @@ def test_postgres_killed_is_restarted_and_readings_flow_again(state_dir: Path) -
 
 
 def test_tansu_killed_is_restarted_with_its_topics_and_readings_flow_again(state_dir: Path) -> None:
-    run = DevRun(state_dir, "--no-simulator")
+    run = DevRun(state_dir, "--no-simulator", "--insecure-mqtt")
     run.wait_running()
     try:
         _publish(run, "before-tansu", 50)

@@ -108,7 +108,17 @@ def test_dashboard_shows_traffic_as_it_flows(
     # simulated (= wall-clock, --live) seconds instead of every minute, and many malformed payloads.
     monkeypatch.setenv("CITYINGEST_TIME_STEP_S", "2")
     monkeypatch.setenv("CITYINGEST_MALFORMED_RATE", "0.1")
-    run = DevRun(state_dir, "--simulator-rate", "40", "--simulator-devices", "30", "--kafka-partitions", "3")
+    # --insecure-mqtt: the probe below is published anonymously; this test is about the dashboard.
+    run = DevRun(
+        state_dir,
+        "--simulator-rate",
+        "40",
+        "--simulator-devices",
+        "30",
+        "--kafka-partitions",
+        "3",
+        "--insecure-mqtt",
+    )
     shot = tmp_path / "ops-dashboard.png"
     try:
         run.wait_running()
@@ -167,7 +177,7 @@ def test_dashboard_shows_traffic_as_it_flows(
         # Dead letters: counted by reason (bars), the latest listed, device payloads shown as text only.
         topic = "city/water/e2e-xss/telemetry"
         pub = subprocess.run(
-            ["mosquitto_pub", "-p", str(run.ports["mqtt"]), "-q", "1", "-t", topic, "-m", XSS_PAYLOAD],
+            ["mosquitto_pub", "-p", str(run.ports["mqtt-plain"]), "-q", "1", "-t", topic, "-m", XSS_PAYLOAD],
             capture_output=True,
             text=True,
             check=False,

@@ -77,11 +77,20 @@ def publish_all(
     window: int = 200,
     properties: Properties | None = None,
     retain: bool = False,
+    *,
+    ca_file: str | None = None,
+    login: tuple[str, str] | None = None,
 ) -> None:
-    """Publish at QoS 1 and return once the broker acknowledged every message (blocking; run in a thread)."""
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5
-    )
+    """Publish at QoS 1 and return once the broker acknowledged every message (blocking; run in a thread).
+
+    With ``ca_file`` over TLS; with ``login`` as that user, whose name is also the client id (as devices').
+    """
+    client_id = login[0] if login is not None else f"pub-{uuid.uuid4().hex[:8]}"
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    if ca_file is not None:
+        client.tls_set(ca_certs=ca_file)
+    if login is not None:
+        client.username_pw_set(*login)
     client.max_inflight_messages_set(window)
     client.max_queued_messages_set(0)
     client.connect(host, port)
@@ -163,9 +172,13 @@ async def publish(
     properties: Properties | None = None,
     *,
     retain: bool = False,
+    ca_file: str | None = None,
+    login: tuple[str, str] | None = None,
 ) -> None:
     """:func:`publish_all` without blocking the event loop (the bridge under test runs on it)."""
-    await asyncio.to_thread(publish_all, host, port, messages, 200, properties, retain)
+    await asyncio.to_thread(
+        lambda: publish_all(host, port, messages, 200, properties, retain, ca_file=ca_file, login=login)
+    )
 
 
 def reading_msg(prefix: str, device: str, value: float, domain: str = "water") -> tuple[str, bytes]:

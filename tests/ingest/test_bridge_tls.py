@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pytest
 import trustme
 
@@ -15,8 +18,11 @@ from devstack.process import ChildProcess, chown_tree, free_port, service_user
 from ingest.bridge import Bridge
 from tests.conftest import KafkaTopics
 from tests.ingest.support import TopicReader, bridge_settings, eventually, publish, reading_msg
+from tests.secured_broker import BRIDGE_USERNAME, SecuredBroker, secured_broker
 
 pytestmark = [pytest.mark.integration]
+
+__all__ = ["secured_broker"]  # the fixture, shared with tests/devstack/test_secured_broker.py
 
 HOST = "127.0.0.1"
 
@@ -154,3 +160,73 @@ async def test_broker_refuses_a_client_certificate_of_another_ca(
         await eventually(lambda: bridge._kafka_reachable, 30, "Kafka")
         await eventually(lambda: "mqtt: not connected" in bridge.not_ready_reasons(), 5, "not ready")
         assert bridge.stats.mqtt_connects == 0
+
+
+def _batch(prefix: str, device: str, first: int, count: int) -> tuple[str, bytes]:
+    readings = [
+        {"metric": "water_flow", "value": float(first + i), "ts": f"2026-01-01T00:00:{i % 60:02d}Z"}
+        for i in range(count)
+    ]
+    return f"{prefix}/water/{device}/telemetry", orjson.dumps({"readings": readings})
+
+
+async def test_bridge_over_tls_with_its_credentials_loses_nothing(
+    secured_broker: SecuredBroker, kafka_bootstrap: str, kafka_topics: KafkaTopics, mqtt_prefix: str
+) -> None:
+    """Thousands of messages, many spanning several TLS records (16 KiB each), through the bridge's own
+    socket loop over TLS: a byte left decrypted in the SSL object (``pending()``) would stall or lose them."""
+    secured_broker.admin(
+        [
+            {
+                "command": "addRoleACL",
+                "rolename": "cityingest-bridge",
+                "acltype": "subscribePattern",
+                "topic": f"$share/+/{mqtt_prefix}/#",
+                "allow": True,
+            }
+        ]
+    )
+    devices = {f"tls-meter-{i}-{mqtt_prefix}": uuid.uuid4().hex for i in range(3)}
+    for device, password in devices.items():
+        secured_broker.add_device(device, password, prefix=mqtt_prefix)
+    sizes = [1, 7, 40, 120, 400]  # readings per message: ~60 bytes to ~25 KiB
+    batches: dict[str, list[tuple[str, bytes]]] = {device: [] for device in devices}
+    value = 0
+    for n in range(1_500):
+        device = list(devices)[n % len(devices)]
+        size = sizes[n % len(sizes)]
+        batches[device].append(_batch(mqtt_prefix, device, value, size))
+        value += size
+    settings = bridge_settings(
+        HOST,
+        secured_broker.port,
+        kafka_bootstrap,
+        kafka_topics.readings,
+        kafka_topics.dlq,
+        mqtt_prefix,
+        mqtt_tls=True,
+        mqtt_ca_file=str(secured_broker.certs.ca_cert),
+        mqtt_username=BRIDGE_USERNAME,
+        mqtt_password=secured_broker.bridge_password,
+        shared_group="tls-bridges",
+    )
+    async with (
+        Bridge(settings) as bridge,
+        TopicReader(kafka_bootstrap, kafka_topics.readings) as readings,
+    ):
+        await eventually(lambda: not bridge.not_ready_reasons(), 30, "the bridge to be ready over TLS")
+        await asyncio.gather(
+            *(
+                publish(
+                    HOST,
+                    secured_broker.port,
+                    batches[device],
+                    ca_file=str(secured_broker.certs.ca_cert),
+                    login=(device, password),
+                )
+                for device, password in devices.items()
+            )
+        )
+        await readings.until(lambda: len(readings.values()) >= value, 120, "every reading")
+        await eventually(lambda: bridge.stats.messages_acked == 1_500, 30, "every message acked")
+    assert sorted(readings.values()) == [float(i) for i in range(value)]
