@@ -238,6 +238,30 @@ def test_dev_stack_runs_end_to_end_and_stops_cleanly(state_dir: Path) -> None:
         check=False,
     )
     assert pub.returncode == 0, pub.stderr
+    # Another device, with a valid credential of its own, publishes on e2e-meter-1's topic: the broker
+    # refuses it (not authorized), so none of it is stored as e2e-meter-1's (the count below).
+    forger = issue_credential(api, key.group(1), "e2e-meter-2")
+    forged = [
+        f'{{"metric": "water_flow", "value": 9{i}.5, "ts": "2026-11-02T00:00:{i:02d}Z"}}' for i in range(20)
+    ]
+    refused = subprocess.run(
+        [
+            "mosquitto_pub",
+            *tls_login(run, forger),
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            credential["topic"],
+            "-l",
+        ],
+        input="\n".join(forged) + "\n",
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+    assert "not authorized" in refused.stderr.lower(), (refused.returncode, refused.stderr)
     code = run.stop(signal.SIGINT)
     assert code == 0, run.text()
     assert "cityingest dev stopped." in run.text()
@@ -251,7 +275,7 @@ def test_dev_stack_runs_end_to_end_and_stops_cleanly(state_dir: Path) -> None:
     try:
         assert "simulator" not in second.text().split("cityingest dev is running")[1].split("logs")[0]
         stored = asyncio.run(_count(second.dsn, "SELECT count(*) FROM readings WHERE device_id = $1", device))
-        assert stored == len(lines)
+        assert stored == len(lines)  # not one of the forged readings
     finally:
         assert second.stop(signal.SIGTERM) == 0, second.text()
     assert _processes_mentioning(str(state_dir)) == []
