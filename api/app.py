@@ -32,6 +32,7 @@ from api.routes import (
     series,
     statistics,
 )
+from api.sdmx.bodies import ReleaseBodies
 from api.sdmx.store import StructureStore
 from api.sdmx.structures import Names
 from api.settings import ApiSettings
@@ -76,6 +77,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         app.state.catalogue,
         settings.domains,
     )
+    app.state.sdmx_release_bodies = ReleaseBodies(settings.sdmx_cache_bytes)
     secret = settings.cursor_secret.get_secret_value() if settings.cursor_secret else None
     app.state.cursor_key = CursorKey(secret)
     app.state.accounts = None

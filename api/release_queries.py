@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 import asyncpg
 
 from api.queries import Pool, Record
-from api.statistics import StatisticsCell
+from api.statistics import CELL_VALUES, StatisticsCell
 from api.storeerrors import translated
 
 if TYPE_CHECKING:
@@ -24,23 +24,7 @@ if TYPE_CHECKING:
 RELEASE_LOCK: Final = 0x0C171E58
 """Advisory lock key held while a release is computed and stored: releases are made one at a time."""
 
-CELL_COLUMNS: Final = (
-    "devices_reporting",
-    "readings",
-    "mean",
-    "min",
-    "max",
-    "total_consumption",
-    "flagged",
-    "devices_expected",
-    "readings_expected",
-    "readings_received",
-    "completeness",
-    "devices_without_interval",
-    "obs_status",
-    "suppressed",
-    "conf_status",
-)
+CELL_COLUMNS: Final = CELL_VALUES
 _KEY_COLUMNS: Final = ("district", "domain", "provenance")
 _RELEASE_COLUMNS: Final = """release, published_at, note, months, metrics, suppression_k, completeness_rule,
     specs, metadata, key_id, cells, revisions"""

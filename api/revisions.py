@@ -27,28 +27,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from api.statistics import StatisticsCell
+from api.statistics import CELL_VALUES, StatisticsCell
 
 Cause = Literal["registry", "late_readings", "correction", "disclosure"]
 CellKey = tuple[str, str, str | None, str | None, str | None]
 """(breakdown, period, district, domain, provenance); breakdown as in :func:`by_columns`."""
 
-REVISED_FIELDS: Final = (
-    "devices_reporting",
-    "readings",
-    "mean",
-    "min",
-    "max",
-    "total_consumption",
-    "flagged",
-    "devices_expected",
-    "readings_expected",
-    "readings_received",
-    "completeness",
-    "devices_without_interval",
-    "obs_status",
-    "conf_status",
-)
+REVISED_FIELDS: Final = tuple(f for f in CELL_VALUES if f != "suppressed")
 """The published fields of a cell a revision can name (``suppressed`` follows ``obs_status``)."""
 _VALUES: Final = ("mean", "min", "max", "total_consumption", "flagged", "readings_received", "completeness")
 

@@ -78,6 +78,12 @@ class ApiSettings(DatabaseSettings, KafkaSettings, MqttSettings):
         "City sensor statistics, monthly", min_length=1, description="Name of the SDMX dataflow."
     )
     sdmx_public: bool = Field(False, description="Serve /sdmx without an API key (open dissemination).")
+    sdmx_cache_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=0,
+        description="Memory for rendered SDMX data messages of releases (immutable, so kept and served "
+        "again for the same request); 0 turns it off.",
+    )
     sdmx_max_observations: int = Field(
         200_000,
         ge=1,

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Final, Literal, Protocol
 
@@ -154,6 +154,14 @@ class StatisticsCell:
     release: Annotated[
         int | None, Field(description="The release that published this cell; null while provisional.")
     ] = None
+
+
+CELL_VALUES: Final = tuple(
+    f.name
+    for f in fields(StatisticsCell)
+    if f.name not in ("period", "district", "domain", "provenance", "release")
+)
+"""A cell's fields besides its key and its release: what a release stores of it, in the cell's order."""
 
 
 class Row(Protocol):

@@ -13,8 +13,9 @@ Run it as a module (as a script, ``bench/api.py`` would shadow the ``api`` packa
 
 SDMX (issue 15): the twelve months are published as release 1 (its time is printed), then SDMX data
 for a year by district from that release (SDMX-ML generic, and SDMX-CSV) and the dataflow with
-``references=all`` (SDMX-ML structure) are measured the same way, and the release's data is checked
-to be the same bytes on every request.
+``references=all`` (SDMX-ML structure) are measured the same way: by default (a release's rendered
+messages are kept in memory, as they never change) and with that memory off (rendered by pysdmx on
+every request); the release's data is checked to be the same bytes on every request, either way.
 
 The statistics endpoint is measured without the cache of closed months, with it (the default), and
 over the rolling year up to the current month. Besides the latencies it prints the statistics query's
@@ -166,7 +167,7 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
     await fill(dsn, args.devices, args.hourly_devices)
     key = await create_api_key(dsn, "bench", [s.value for s in Scope])
     app = create_app(ApiSettings(database_url=dsn))
-    cold_app = create_app(ApiSettings(database_url=dsn, statistics_cache_rows=0))
+    cold_app = create_app(ApiSettings(database_url=dsn, statistics_cache_rows=0, sdmx_cache_bytes=0))
     year = {"metric": "temperature", "start": "2024-01", "end": "2024-12", "by": "district"}
     first, last = rolling_year()
     rolling = {**year, "start": first, "end": last}
@@ -200,14 +201,16 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
                 },
                 args.runs,
             )
-            sdmx = await measure_sdmx(client, args.runs)
+            release = await publish_year(client)
+            sdmx = await measure_sdmx(client, release, args.runs)
+            sdmx_uncached = await measure_sdmx(cold, release, args.runs)
         # The statistics query alone, as the endpoint runs it: the rest of a request is the application.
         domains = app.state.catalogue["temperature"].domains
         sql = await timed(lambda: statistics_query(app.state.pool, domains), args.runs)
     load_after = os.getloadavg()[0]
     # Only a private cluster is surely on this machine, where its backend's /proc entry can be read.
     cpu = None if args.database_url else await server_cpu_ms(dsn, domains, args.runs)
-    print(f"release 1 (12 months, every metric and breakdown) published in {sdmx.publish_s:.1f} s")
+    print(f"release 1 (12 months, every metric and breakdown) published in {release.seconds:.1f} s")
     for name, samples, target in (
         ("statistics/monthly year by district, no cache (every month queried)", uncached, 100),
         ("statistics/monthly year by district, default (closed months kept)", cached, 100),
@@ -215,6 +218,8 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
         ("series 1h x 30 days", series, 30),
         ("sdmx data year by district from release 1, SDMX-ML generic", sdmx.data, 50),
         ("sdmx data year by district from release 1, SDMX-CSV 1.0", sdmx.csv, 50),
+        ("sdmx data ... SDMX-ML generic, no cache (rendered every time)", sdmx_uncached.data, 50),
+        ("sdmx data ... SDMX-CSV 1.0, no cache (rendered every time)", sdmx_uncached.csv, 50),
         ("sdmx dataflow references=all (SDMX-ML structure)", sdmx.structure, 30),
     ):
         p50, p95 = quantiles(samples)
@@ -230,46 +235,58 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
     print(f"load average (1 min) {load_before:.1f} before, {load_after:.1f} after, {os.cpu_count()} CPUs")
     print(
         "sdmx: release 1's data message is "
-        f"{'the same bytes' if sdmx.stable else 'DIFFERENT'} on every request"
+        f"{'the same bytes' if sdmx.stable and sdmx.body == sdmx_uncached.body else 'DIFFERENT'} "
+        "on every request, cached or rendered"
     )
     if not same:
         raise SystemExit("the cached statistics differ from the uncached ones")
-    if not sdmx.stable:
+    if not (sdmx.stable and sdmx_uncached.stable and sdmx.body == sdmx_uncached.body):
         raise SystemExit("a release's SDMX data message changed between requests")
 
 
 @dataclass(frozen=True, slots=True)
-class SdmxFigures:
-    """Latencies of the SDMX service over release 1."""
+class Release:
+    """The release the SDMX figures read, and how long publishing it took."""
 
-    publish_s: float
+    number: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SdmxFigures:
+    """Latencies of the SDMX service over a release, and the data message it answered."""
+
     data: list[float]
     csv: list[float]
     structure: list[float]
+    body: bytes
     stable: bool
 
 
 SDMX_YEAR_BY_DISTRICT = "/sdmx/data/CITY_SENSORS_MONTHLY/M.._T._T.temperature."
 
 
-async def measure_sdmx(client: httpx.AsyncClient, runs: int) -> SdmxFigures:
-    """Publish 2024 as release 1, then time SDMX data from it and the dataflow with its references."""
+async def publish_year(client: httpx.AsyncClient) -> Release:
+    """Publish 2024 as a release (every metric, every breakdown)."""
     started = time.perf_counter()
     published = await client.post(
         "/v1/statistics/releases",
         json={"months": [f"2024-{m:02d}" for m in range(1, 13)], "note": "bench"},
     )
-    publish_s = time.perf_counter() - started
     assert published.status_code == 201, published.text
-    release = str(published.json()["release"])
-    year = {"startPeriod": "2024-01", "endPeriod": "2024-12", "release": release}
+    return Release(int(published.json()["release"]), time.perf_counter() - started)
+
+
+async def measure_sdmx(client: httpx.AsyncClient, release: Release, runs: int) -> SdmxFigures:
+    """Time SDMX data of a year by district from ``release`` and the dataflow with its references."""
+    year = {"startPeriod": "2024-01", "endPeriod": "2024-12", "release": str(release.number)}
     data = await measure(client, SDMX_YEAR_BY_DISTRICT, year, runs)
     csv = await measure(client, SDMX_YEAR_BY_DISTRICT, {**year, "format": "csvfile"}, runs)
     structure = await measure(
         client, "/sdmx/dataflow/CITYINGEST/CITY_SENSORS_MONTHLY/latest", {"references": "all"}, runs
     )
     bodies = {(await client.get(SDMX_YEAR_BY_DISTRICT, params=year)).content for _ in range(3)}
-    return SdmxFigures(publish_s, data, csv, structure, len(bodies) == 1)
+    return SdmxFigures(data, csv, structure, next(iter(bodies)), len(bodies) == 1)
 
 
 async def statistics_query(pool: asyncpg.Pool, domains: Sequence[str]) -> object:

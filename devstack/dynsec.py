@@ -8,17 +8,15 @@ exist before the bridge connects; every command is idempotent, so it runs on eve
 
 from __future__ import annotations
 
-import json
-import queue
-import secrets
-import ssl
+import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-
+from core.dynsec import Dynsec
+from core.errors import DynsecRefused, DynsecUnavailable
+from core.settings import MqttSettings
 from devstack.mosquitto import DYNSEC_ADMIN
 from devstack.process import ServiceError
 
@@ -26,8 +24,6 @@ BRIDGE_USERNAME: Final = "cityingest-bridge"
 BRIDGE_ROLE: Final = "cityingest-bridge"
 ANONYMOUS_ROLE: Final = "cityingest-anonymous"
 ANONYMOUS_GROUP: Final = "cityingest-anonymous"
-CONTROL_TOPIC: Final = "$CONTROL/dynamic-security/v1"
-RESPONSE_TOPIC: Final = CONTROL_TOPIC + "/response"
 DEFAULT_ACL_ACCESS: Final = (
     ("publishClientSend", False),
     ("publishClientReceive", True),
@@ -92,42 +88,31 @@ def anonymous_commands(prefix: str) -> list[Command]:
 def run_commands(
     host: str, port: int, ca_file: Path, admin_password: str, commands: Sequence[Command]
 ) -> list[Command]:
-    """Send ``commands`` as the dynsec admin over TLS; their responses. Errors other than "already there"
-    raise :class:`ServiceError`."""
-    answers: queue.Queue[bytes] = queue.Queue()
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"cityingest-dev-admin-{secrets.token_hex(8)}",
-        protocol=paho.MQTTv5,
-    )
-    client.username_pw_set(DYNSEC_ADMIN, admin_password)
-    client.tls_set(ca_certs=str(ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
-    subscribed: queue.Queue[bool] = queue.Queue()
-    connected: queue.Queue[str] = queue.Queue()
-    client.on_connect = lambda _c, _u, _f, reason, _p: connected.put(str(reason) if reason.is_failure else "")
-    client.on_message = lambda _c, _u, message: answers.put(bytes(message.payload))
-    client.on_subscribe = lambda _c, _u, _mid, codes, _p: subscribed.put(all(not c.is_failure for c in codes))
+    """Send ``commands`` as the dynsec admin over TLS (the API's own client, :class:`core.dynsec.Dynsec`);
+    their responses. Errors other than "already there" raise :class:`ServiceError`.
+
+    Synchronous, for the dev stack's start-up: it runs on a loop of its own in a worker thread, so it
+    works whether or not the caller's thread runs an event loop.
+    """
+    settings = MqttSettings(mqtt_host=host, mqtt_port=port, mqtt_tls=True, mqtt_ca_file=str(ca_file))
+
+    async def send() -> list[Command]:
+        async with Dynsec(settings, DYNSEC_ADMIN, admin_password, timeout_s=_TIMEOUT_S) as admin:
+            await admin.wait_connected(_TIMEOUT_S)
+            responses: list[Command] = []
+            for command in commands:  # one at a time: a harmless refusal must not stop the rest
+                try:
+                    responses += await admin.execute([command])
+                except DynsecRefused as exc:
+                    if not any(h in str(exc) for h in _HARMLESS):
+                        raise ServiceError(f"dynamic security commands failed: {exc}") from exc
+                    responses.append({"command": command["command"], "error": str(exc)})
+            return responses
+
     try:
-        if client.connect(host, port, keepalive=30) != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise ServiceError(f"cannot connect to Mosquitto {host}:{port} as {DYNSEC_ADMIN}")
-    except OSError as exc:
-        raise ServiceError(f"cannot connect to Mosquitto {host}:{port} as {DYNSEC_ADMIN}: {exc}") from exc
-    client.loop_start()
-    try:
-        refusal = connected.get(timeout=_TIMEOUT_S)
-        if refusal:
-            raise ServiceError(f"Mosquitto {host}:{port} refused {DYNSEC_ADMIN}: {refusal}")
-        client.subscribe(RESPONSE_TOPIC, qos=1)
-        if not subscribed.get(timeout=_TIMEOUT_S):
-            raise ServiceError(f"Mosquitto refused {DYNSEC_ADMIN} the dynamic security responses")
-        client.publish(CONTROL_TOPIC, json.dumps({"commands": list(commands)}), qos=1)
-        responses: list[Command] = json.loads(answers.get(timeout=_TIMEOUT_S))["responses"]
-    except queue.Empty:
-        raise ServiceError(f"no answer from Mosquitto's dynamic security plugin on {host}:{port}") from None
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    failed = [r for r in responses if r.get("error") and not any(h in r["error"] for h in _HARMLESS)]
-    if failed:
-        raise ServiceError(f"dynamic security commands failed: {failed}")
-    return responses
+        with ThreadPoolExecutor(1, thread_name_prefix="dynsec-admin") as worker:
+            return worker.submit(asyncio.run, send()).result()
+    except DynsecUnavailable as exc:
+        raise ServiceError(
+            f"Mosquitto {host}:{port} did not take {DYNSEC_ADMIN}'s dynamic security commands: {exc}"
+        ) from exc

@@ -23,8 +23,9 @@ from api.decimals import decimals_of
 from api.deps import CatalogueDep, PoolDep, SettingsDep, StatisticsCacheDep, utc
 from api.problems import Problem
 from api.queries import GroupColumn
-from api.sdmx import statistics_of
+from api.sdmx import observation, statistics_of
 from api.sdmx import structures as st
+from api.sdmx.bodies import ReleaseBodies
 from api.sdmx.query import (
     FORMAT_PARAMETER,
     DataFormat,
@@ -61,7 +62,6 @@ _BREAKDOWNS: Final[dict[str, GroupColumn]] = {
     "DOMAIN": "domain",
     "PROVENANCE": "provenance",
 }
-_STAT_VALUE: Final = {"TOTAL": "total_consumption", "MEAN": "mean", "MIN": "min", "MAX": "max"}
 _XML_ERROR: Final[dict[str, Any]] = {"content": {ERROR_TYPE: {}}}
 
 
@@ -456,6 +456,15 @@ async def _data(
         utc(updated_after, "updatedAfter") if updated_after is not None else None,
     )
     published = await _published(pool, view)
+    bodies: ReleaseBodies = request.app.state.sdmx_release_bodies
+    cache_key = None
+    if view.release is not None:
+        # A release's answer never changes: the same request is served the same bytes from memory.
+        negotiated = fmt.value
+        cache_key = (request.url.path, str(request.url.query), negotiated)
+        kept = bodies.get(cache_key)
+        if kept is not None:
+            return Response(kept[0], media_type=kept[1], headers=_IMMUTABLE)
     snapshot = await _snapshot(request, pool)
     flows = _select(snapshot, "dataflow", ref.agency or "all", ref.id, ref.version or "latest")
     if flows and ref.version is None and published is not None and flows[0].key == snapshot.flow.key:
@@ -483,7 +492,11 @@ async def _data(
         raise QueryError(
             "dimensionAtObservation", "time-series formats need dimensionAtObservation=TIME_PERIOD"
         )
-    months = await _months(pool, settings, start, end)
+    if published is not None and published[2] and start is None and end is None:
+        # A release's own months, not a window that moves with the clock: the same answer forever.
+        months = _release_months(published[2], settings)
+    else:
+        months = await _months(pool, settings, start, end)
     names = None if asked["INDICATOR"] is None else {values["INDICATOR"][c] for c in asked["INDICATOR"]}
     # A release's metrics are rendered with the unit and kind it published them with.
     published_specs = published[1] if published is not None else {}
@@ -530,15 +543,7 @@ async def _data(
                             "FREQ": "M",
                             **codes,
                             "INDICATOR": to_indicator(values["INDICATOR"], spec.name),
-                            "STATISTIC": stat,
-                            "TIME_PERIOD": cell.period,
-                            "OBS_VALUE": getattr(cell, _STAT_VALUE[stat]),
-                            "UNIT_MEASURE": spec.unit,
-                            "OBS_STATUS": cell.obs_status,
-                            "CONF_STATUS": cell.conf_status,
-                            "NB_DEVICES": cell.devices_reporting,
-                            "COMPLETENESS": cell.completeness,
-                            "DECIMALS": places,
+                            **observation(cell, spec, stat, places),
                         }
                     )
     series_dims = [d for d in dims if d != "TIME_PERIOD"]
@@ -565,19 +570,33 @@ async def _data(
     media = fmt.value.replace(";", "; ")
     if fmt in (DataFormat.CSV_1, DataFormat.CSV_2):
         media += "; charset=utf-8"
+    if cache_key is not None:
+        bodies.put(cache_key, body, media)
+        return Response(body, media_type=media, headers=_IMMUTABLE)
     return Response(body, media_type=media)
 
 
-async def _published(pool: Any, view: View) -> tuple[datetime, dict[str, MetricSpec]] | None:
-    """For a release view: when it was published and its metrics as published; for ``asOf``: that time
-    (and today's catalogue); None for the current figures."""
+_IMMUTABLE: Final = {"Cache-Control": "public, max-age=31536000, immutable"}
+"""A release's data message never changes: HTTP caches may keep it for a year."""
+
+
+def _release_months(months: Sequence[str], settings: ApiSettings) -> list[tuple[datetime, datetime]]:
+    """From the first to the last month a release holds (``months``: YYYY-MM, ascending)."""
+    first, last = parse_period(months[0], "release", end=False), parse_period(months[-1], "release", end=True)
+    span = (last.year - first.year) * 12 + last.month - first.month + 1
+    return month_range(first, last, max(settings.max_months, span))
+
+
+async def _published(pool: Any, view: View) -> tuple[datetime, dict[str, MetricSpec], list[str]] | None:
+    """For a release view: when it was published, its metrics as published and its months; for
+    ``asOf``: that time (today's catalogue, no months of its own); None for the current figures."""
     if view.release is not None:
         info = await release_info(pool, view.release)
         if info is None:
             raise SdmxError(404, 100, f"No results found: there is no release {view.release}")
-        return info.published_at, {m: info.spec(m) for m in info.specs}
+        return info.published_at, {m: info.spec(m) for m in info.specs}, info.months
     if view.as_of is not None:
-        return view.as_of, {}
+        return view.as_of, {}, []
     return None
 
 

@@ -84,6 +84,22 @@ def _value(cell: StatisticsCell, stat: str) -> float | None:
     return {"TOTAL": cell.total_consumption, "MEAN": cell.mean, "MIN": cell.min, "MAX": cell.max}[stat]
 
 
+def observation(cell: StatisticsCell, spec: MetricSpec, stat: str, places: int) -> dict[str, object]:
+    """Statistic ``stat`` of a cell, past its key: time, value and the DSD's attributes (one row of a
+    data message; ``places`` = the decimals of the unit)."""
+    return {
+        "STATISTIC": stat,
+        "TIME_PERIOD": cell.period,
+        "OBS_VALUE": _value(cell, stat),
+        "UNIT_MEASURE": spec.unit,
+        "OBS_STATUS": cell.obs_status,
+        "CONF_STATUS": cell.conf_status,
+        "NB_DEVICES": cell.devices_reporting,
+        "COMPLETENESS": cell.completeness,
+        "DECIMALS": places,
+    }
+
+
 def to_sdmx_csv(
     cells: Sequence[StatisticsCell],
     spec: MetricSpec,
@@ -113,15 +129,7 @@ def to_sdmx_csv(
                     "DOMAIN": code("DOMAIN", cell.domain),
                     "PROVENANCE": code("PROVENANCE", cell.provenance),
                     "INDICATOR": code("INDICATOR", spec.name),
-                    "STATISTIC": stat,
-                    "TIME_PERIOD": cell.period,
-                    "OBS_VALUE": _value(cell, stat),
-                    "UNIT_MEASURE": spec.unit,
-                    "OBS_STATUS": cell.obs_status,
-                    "CONF_STATUS": cell.conf_status,
-                    "NB_DEVICES": cell.devices_reporting,
-                    "COMPLETENESS": cell.completeness,
-                    "DECIMALS": places,
+                    **observation(cell, spec, stat, places),
                 }
             )
     used = structure or schema()

@@ -176,6 +176,11 @@ async def test_release_revise_and_cite(
         headers=auth,
     )
     assert released_feb.status_code == 404  # release 1 holds January only
+    whole = await client.get(SDMX_DATA, params={"format": "csvfile", "release": "1"}, headers=auth)
+    assert whole.status_code == 200, whole.text
+    assert {r["TIME_PERIOD"] for r in sdmx_rows(whole.content)} == {"2024-01"}  # the release's months
+    assert whole.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert "cache-control" not in sdmx_feb.headers  # provisional figures change
     now = (await get(client, auth, by="district")).json()
     assert {c["release"] for c in now["items"]} == {1}
     assert "P" not in {c["obs_status"] for c in now["items"]}
