@@ -7,12 +7,14 @@ a ``cityingest-bridge`` role that may subscribe under the prefix).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
 import subprocess
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -223,6 +225,19 @@ class MqttClient:
         with self._done:
             self._subacks[mid] = reasons
             self._done.notify_all()
+
+
+@contextlib.contextmanager
+def running_broker(directory: Path, prefix: str) -> Iterator[DynsecBroker]:
+    """A fresh dynamic-security Mosquitto in ``directory`` with the bridge's account, stopped after."""
+    broker = DynsecBroker(directory)
+    broker.init(prefix)
+    broker.start()
+    broker.add_bridge_account()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 def login(port: int, username: str, password: str, client_id: str | None = None) -> ReasonCode:

@@ -58,27 +58,7 @@ class SecuredBroker:
         """A device account as the contract lays it out (``cred``'s API makes these in the dev stack);
         its topic."""
         topic = f"{prefix}/{domain}/{device}/telemetry"
-        role = f"cityingest-device:{device}"
-        self.admin(
-            [
-                {"command": "createRole", "rolename": role},
-                {
-                    "command": "addRoleACL",
-                    "rolename": role,
-                    "acltype": "publishClientSend",
-                    "topic": topic,
-                    "allow": True,
-                },
-                {
-                    "command": "createClient",
-                    "username": device,
-                    "password": password,
-                    "clientid": device,
-                    "textname": "cityingest device",
-                    "roles": [{"rolename": role}],
-                },
-            ]
-        )
+        self.admin(device_commands(device, password, topic))
         return topic
 
     def client_cert(self, common_name: str, ca: tuple[Path, Path] | None = None) -> tuple[str, str]:
@@ -108,6 +88,33 @@ class SecuredBroker:
             )
         )
         return str(cert_path), str(key_path)
+
+
+def device_commands(
+    device: str, password: str, topic: str, textname: str | None = "cityingest device"
+) -> list[Command]:
+    """Dynamic security commands making a device's account as the API does: its own role that may publish
+    to ``topic`` only, the client id pinned to the device id. ``textname`` None leaves out the mark of
+    the API's accounts (where an API runs, its reconciler deletes marked accounts it did not issue)."""
+    role = f"cityingest-device:{device}"
+    return [
+        {"command": "createRole", "rolename": role},
+        {
+            "command": "addRoleACL",
+            "rolename": role,
+            "acltype": "publishClientSend",
+            "topic": topic,
+            "allow": True,
+        },
+        {
+            "command": "createClient",
+            "username": device,
+            "password": password,
+            "clientid": device,
+            "roles": [{"rolename": role}],
+        }
+        | ({"textname": textname} if textname is not None else {}),
+    ]
 
 
 def start_secured_broker(files: Path, *, insecure: bool = False) -> SecuredBroker:

@@ -23,7 +23,7 @@ from api.device_secrets import verify_password
 from api.keys import create_api_key
 from api.settings import ApiSettings
 from tests.api.conftest import register, started
-from tests.dynsec_support import DynsecBroker, MqttClient, login
+from tests.dynsec_support import DynsecBroker, MqttClient, login, running_broker
 
 pytestmark = [pytest.mark.integration]
 
@@ -35,14 +35,8 @@ RESTORE_WITHIN_S = 20.0
 @pytest.fixture
 def broker(tmp_path: Path, mqtt_prefix: str) -> Iterator[DynsecBroker]:
     """A fresh dynamic-security Mosquitto with the bridge's account."""
-    b = DynsecBroker(tmp_path / "mosquitto")
-    b.init(mqtt_prefix)
-    b.start()
-    b.add_bridge_account()
-    try:
+    with running_broker(tmp_path / "mosquitto", mqtt_prefix) as b:
         yield b
-    finally:
-        b.stop()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import pytest
 from devstack.dynsec import run_commands
 from devstack.mosquitto import DYNSEC_ADMIN
 from tests.e2e.test_dev_stack import COUNT_SQL_BY_DEVICE, DevRun, _listening, _wait_count, state_dir
+from tests.secured_broker import device_commands
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -50,31 +51,11 @@ def _pub(
 def _add_device_as_admin(run: DevRun, device: str, password: str) -> str:
     """A device account made directly through the broker's admin (not the API), for the bridge's TLS path."""
     topic = f"city/water/{device}/telemetry"
-    role = f"cityingest-device:{device}"
     admin = (run.state_dir / "mqtt-admin-password").read_text(encoding="utf-8").strip()
-    run_commands(
-        "127.0.0.1",
-        run.ports["mqtt"],
-        run.state_dir / "ca" / "ca.pem",
-        admin,
-        [
-            {"command": "createRole", "rolename": role},
-            {
-                "command": "addRoleACL",
-                "rolename": role,
-                "acltype": "publishClientSend",
-                "topic": topic,
-                "allow": True,
-            },
-            {
-                "command": "createClient",
-                "username": device,
-                "password": password,
-                "clientid": device,
-                "roles": [{"rolename": role}],
-            },
-        ],
-    )
+    ca = run.state_dir / "ca" / "ca.pem"
+    # Not marked as the API's: the dev stack's API reconciles its own accounts and would remove it.
+    commands = device_commands(device, password, topic, textname=None)
+    run_commands("127.0.0.1", run.ports["mqtt"], ca, admin, commands)
     return topic
 
 

@@ -17,7 +17,7 @@ from api.settings import ApiSettings
 from devstack.process import free_port
 from simulator.publisher import serve
 from simulator.settings import SimulatorSettings
-from tests.dynsec_support import DynsecBroker, MqttClient
+from tests.dynsec_support import DynsecBroker, MqttClient, running_broker
 from tests.simulator.test_register import REGISTER_SCOPES, city, key_file
 
 pytestmark = pytest.mark.integration
@@ -25,14 +25,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def broker(tmp_path: Path, mqtt_prefix: str) -> Iterator[DynsecBroker]:
-    b = DynsecBroker(tmp_path / "mosquitto")
-    b.init(mqtt_prefix)
-    b.start()
-    b.add_bridge_account()
-    try:
+    with running_broker(tmp_path / "mosquitto", mqtt_prefix) as b:
         yield b
-    finally:
-        b.stop()
 
 
 @pytest.fixture
