@@ -152,12 +152,20 @@ async def broker_accounts(app: FastAPI, settings: ApiSettings, pool: asyncpg.Poo
 
 
 def _install_openapi_links(app: FastAPI) -> None:
-    """The generated OpenAPI document, plus the links between operations (api.openapi_links)."""
+    """The generated OpenAPI document, plus the links between operations (api.openapi_links); with
+    ``CITYINGEST_SDMX_PUBLIC`` the ``/sdmx`` operations state that they need no key."""
     generate = app.openapi
+    public = app.state.settings.sdmx_public
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = add_links(generate())
+            document = add_links(generate())
+            if public:
+                for path, operations in document["paths"].items():
+                    if path.startswith("/sdmx/"):
+                        for operation in operations.values():
+                            operation["security"] = []
+            app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

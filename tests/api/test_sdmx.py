@@ -343,10 +343,19 @@ async def test_auth_public_mode_and_too_broad(
     async for open_client in started(create_app(public)):
         assert (await open_client.get(path)).status_code == 200
         assert (await open_client.get("/v1/statistics/monthly")).status_code == 401
+        # The OpenAPI document says so: no key for /sdmx, the scope everywhere else.
+        paths = (await open_client.get("/openapi.json")).json()["paths"]
+        sdmx_ops = [op for p, ops in paths.items() if p.startswith("/sdmx/") for op in ops.values()]
+        assert sdmx_ops
+        assert all(op["security"] == [] for op in sdmx_ops)
+        monthly = paths["/v1/statistics/monthly"]["get"]["security"]
+        assert monthly == [{"apiKey": ["statistics:read"]}]
         await _city(database_url, open_client, auth)
         broad = await open_client.get(f"/sdmx/data/{FLOW}/all", params={"startPeriod": "2024"})
         assert broad.status_code == 413
         assert broad.json()["sdmx_error_code"] == 130
+    closed = (await client.get("/openapi.json")).json()["paths"]
+    assert closed["/sdmx/data/{flow_ref}/{key}"]["get"]["security"] == [{"apiKey": ["statistics:read"]}]
 
 
 @pytest.mark.usefixtures("city")
