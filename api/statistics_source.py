@@ -131,6 +131,8 @@ async def load_cells(
     by: Sequence[str],
     filters: Sequence[str | None],
     view: View,
+    *,
+    partial: bool = False,
 ) -> list[StatisticsCell]:
     """The cells of ``spec``'s metric for ``months`` (UTC month ranges, ascending) broken down by ``by``
     (any of district, domain, provenance), as ``view`` sees them (module docstring).
@@ -139,8 +141,9 @@ async def load_cells(
     broken down by ``by`` *and* the filtered dimensions (so a filtered dimension carries its value, not
     ``_T``), whose suppression was decided on the whole table: filtering never changes what is hidden.
     Cells come by month, then in their table's order (the live query's, which a release stores).
-    Raises :class:`NotReleased` when ``view`` names a release or time that lacks one of the months, and
-    ValueError when it names both a release and a time.
+    Raises :class:`NotReleased` when ``view`` names a release or time that lacks one of the months (with
+    ``partial``, those months are left out instead: SDMX answers for the months a release holds within
+    the period asked for), and ValueError when it names both a release and a time.
     """
     if view.release is not None and view.as_of is not None:
         raise ValueError("a view names a release or a time, not both")
@@ -150,9 +153,11 @@ async def load_cells(
     if view.release is not None or view.as_of is not None:
         chosen = await release_queries.releases_of(pool, spec.name, periods, view.release, view.as_of)
         missing = [f"{p:%Y-%m}" for p in periods if p not in chosen]
-        if missing:
+        if missing and not partial:
             which = f"release {view.release}" if view.release is not None else "no release published by then"
             raise NotReleased(f"{which} does not hold {spec.name} of {', '.join(missing)}")
+        if not chosen:
+            return []
         return await release_queries.released_cells(
             pool, spec.name, text, chosen, filters, view.updated_after
         )

@@ -17,7 +17,7 @@ import pandas as pd
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 
-from api import release_queries, report_queries
+from api import report_queries
 from api.auth import Scope, require_unless
 from api.decimals import decimals_of
 from api.deps import CatalogueDep, PoolDep, SettingsDep, StatisticsCacheDep, utc
@@ -40,7 +40,7 @@ from api.sdmx.query import (
 from api.sdmx.render import ERROR_TYPE, data_message, error_message, structure_message
 from api.sdmx.store import Snapshot, StructureStore
 from api.settings import ApiSettings
-from api.statistics import StatisticsCell, month_range
+from api.statistics import month_range
 from api.statistics_cache import StatisticsCache
 from api.statistics_source import View, load_cells, release_info
 from core.catalogue import MetricSpec
@@ -258,30 +258,6 @@ async def structures(
 # --- data -------------------------------------------------------------------------------------------
 
 
-async def _cells(
-    pool: Any,
-    settings: ApiSettings,
-    cache: StatisticsCache,
-    spec: MetricSpec,
-    months: Sequence[tuple[datetime, datetime]],
-    by: Sequence[GroupColumn],
-    filters: Sequence[str | None],
-    view: View,
-) -> list[StatisticsCell]:
-    """The cells of one metric and breakdown as ``view`` sees them (:func:`statistics_source.load_cells`).
-
-    A release (or an ``asOf`` time) answers for the months it holds within the period asked for; the
-    others have no observations in it, as in any SDMX query whose period reaches past the data.
-    """
-    if view.release is not None or view.as_of is not None:
-        periods = [m[0].astimezone(UTC).date() for m in months]
-        held = await release_queries.releases_of(pool, spec.name, periods, view.release, view.as_of)
-        months = [m for m, p in zip(months, periods, strict=True) if p in held]
-        if not months:
-            return []
-    return await load_cells(pool, settings, cache, spec, months, by, filters, view)
-
-
 _DATA_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     200: {
         "description": "A data message in the negotiated format (Accept header, or the format parameter).",
@@ -399,11 +375,7 @@ async def data(
 ) -> Response:
     """The data message answering a data query; SDMX errors and 400 problems otherwise."""
     try:
-        return await _data(
-            request, pool, settings, catalogue, cache, flow_ref, key, provider_ref, q.startPeriod,
-            q.endPeriod, q.updatedAfter, q.firstNObservations, q.lastNObservations,
-            q.dimensionAtObservation, q.detail, q.format, q.release, q.asOf, accept,
-        )  # fmt: skip
+        return await _data(request, pool, settings, catalogue, cache, flow_ref, key, provider_ref, q, accept)
     except SdmxError as exc:
         return _error(exc)
     except QueryError as exc:
@@ -419,18 +391,12 @@ async def _data(
     flow_ref: str,
     key: str,
     provider_ref: str,
-    start: str | None,
-    end: str | None,
-    updated_after: datetime | None,
-    first_n: int | None,
-    last_n: int | None,
-    at_observation: str,
-    detail: str,
-    fmt_name: str | None,
-    release: int | None,
-    as_of: datetime | None,
+    q: DataQuery,
     accept: str | None,
 ) -> Response:
+    start, end, updated_after, release, as_of = q.startPeriod, q.endPeriod, q.updatedAfter, q.release, q.asOf
+    first_n, last_n, at_observation = q.firstNObservations, q.lastNObservations, q.dimensionAtObservation
+    detail, fmt_name = q.detail, q.format
     if fmt_name is not None:
         fmt = FORMAT_PARAMETER.get(fmt_name)
         if fmt is None:
@@ -531,7 +497,9 @@ async def _data(
                 _filter(asked[d], values[d]) if broken else None
                 for d, broken in zip(_BREAKDOWNS, options, strict=True)
             ]
-            for cell in await _cells(pool, settings, cache, spec, months, by, filters, view):
+            # A release (or asOf time) answers for the months it holds within the period asked for.
+            cells = await load_cells(pool, settings, cache, spec, months, by, filters, view, partial=True)
+            for cell in cells:
                 codes = {
                     dim: _cell_code(getattr(cell, col), to_code[dim]) for dim, col in _BREAKDOWNS.items()
                 }
