@@ -90,30 +90,23 @@ BEGIN
 END;
 $$;
 
-CREATE TRIGGER statistics_releases_immutable
-BEFORE UPDATE OR DELETE ON statistics_releases
-FOR EACH ROW EXECUTE FUNCTION cityingest_refuse_release_change();
-CREATE TRIGGER statistics_releases_not_truncated
-BEFORE TRUNCATE ON statistics_releases
-FOR EACH STATEMENT EXECUTE FUNCTION cityingest_refuse_release_change();
-
-CREATE TRIGGER statistics_release_contents_immutable
-BEFORE UPDATE OR DELETE ON statistics_release_contents
-FOR EACH ROW EXECUTE FUNCTION cityingest_refuse_release_change();
-CREATE TRIGGER statistics_release_contents_not_truncated
-BEFORE TRUNCATE ON statistics_release_contents
-FOR EACH STATEMENT EXECUTE FUNCTION cityingest_refuse_release_change();
-
-CREATE TRIGGER statistics_release_cells_immutable
-BEFORE UPDATE OR DELETE ON statistics_release_cells
-FOR EACH ROW EXECUTE FUNCTION cityingest_refuse_release_change();
-CREATE TRIGGER statistics_release_cells_not_truncated
-BEFORE TRUNCATE ON statistics_release_cells
-FOR EACH STATEMENT EXECUTE FUNCTION cityingest_refuse_release_change();
-
-CREATE TRIGGER statistics_revisions_immutable
-BEFORE UPDATE OR DELETE ON statistics_revisions
-FOR EACH ROW EXECUTE FUNCTION cityingest_refuse_release_change();
-CREATE TRIGGER statistics_revisions_not_truncated
-BEFORE TRUNCATE ON statistics_revisions
-FOR EACH STATEMENT EXECUTE FUNCTION cityingest_refuse_release_change();
+-- Every table of a release refuses UPDATE and DELETE row by row, and TRUNCATE (which fires no row
+-- trigger) as a statement: <table>_immutable and <table>_not_truncated.
+DO $$
+DECLARE
+    released text;
+BEGIN
+    FOREACH released IN ARRAY ARRAY[
+        'statistics_releases', 'statistics_release_contents', 'statistics_release_cells', 'statistics_revisions'
+    ] LOOP
+        EXECUTE format(
+            'CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON %I '
+            'FOR EACH ROW EXECUTE FUNCTION cityingest_refuse_release_change()',
+            released || '_immutable', released);
+        EXECUTE format(
+            'CREATE TRIGGER %I BEFORE TRUNCATE ON %I '
+            'FOR EACH STATEMENT EXECUTE FUNCTION cityingest_refuse_release_change()',
+            released || '_not_truncated', released);
+    END LOOP;
+END;
+$$;
