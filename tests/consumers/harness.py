@@ -13,6 +13,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from core.readings import Envelope, encode_envelope
+from tests.conftest import KafkaTopics
 
 
 def group_for(topic: str) -> str:
@@ -93,17 +94,18 @@ async def wait_applied(dsn: str, topic: str, ends: dict[int, int], within_s: flo
 
 
 def consumer_env(
-    base: dict[str, str], *, dsn: str, bootstrap: str, topic: str, dlq: str, consumer_id: str, **extra: str
+    *, dsn: str, bootstrap: str, topics: KafkaTopics, consumer_id: str, **extra: str
 ) -> dict[str, str]:
-    """Environment of a ``cityingest consume`` process for the test services."""
-    env = dict(base)
+    """Environment of a ``cityingest consume`` process for the test services and ``topics`` (the test
+    process's environment without its CITYINGEST_* settings, plus these)."""
+    env = project_env()
     env.update(
         {
             "CITYINGEST_DATABASE_URL": dsn,
             "CITYINGEST_KAFKA_BOOTSTRAP": bootstrap,
-            "CITYINGEST_READINGS_TOPIC": topic,
-            "CITYINGEST_DLQ_TOPIC": dlq,
-            "CITYINGEST_GROUP_ID": group_for(topic),
+            "CITYINGEST_READINGS_TOPIC": topics.readings,
+            "CITYINGEST_DLQ_TOPIC": topics.dlq,
+            "CITYINGEST_GROUP_ID": group_for(topics.readings),
             "CITYINGEST_CONSUMER_ID": consumer_id,
             "CITYINGEST_KAFKA_IDEMPOTENCE": "false",
             "CITYINGEST_HTTP_PORT": "0",

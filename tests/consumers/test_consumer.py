@@ -29,7 +29,6 @@ from tests.consumers.harness import (
     eventually,
     group_for,
     produce,
-    project_env,
     read_log,
     wait_applied,
 )
@@ -142,11 +141,9 @@ async def test_kill_9_at_random_points_keeps_exactly_once(
     rnd = seeded(4242)
     envelopes = make_stream(rnd, devices=30, messages=4000)
     env = consumer_env(
-        project_env(),
         dsn=database_url,
         bootstrap=kafka_bootstrap,
-        topic=kafka_topics.readings,
-        dlq=kafka_topics.dlq,
+        topics=kafka_topics,
         consumer_id="killed",
         batch_max_records="40",
         batch_max_wait_ms="20",
@@ -192,11 +189,9 @@ async def test_rebalance_when_one_of_two_consumers_leaves(
 
     def process(name: str) -> ConsumerProcess:
         env = consumer_env(
-            project_env(),
             dsn=database_url,
             bootstrap=kafka_bootstrap,
-            topic=kafka_topics.readings,
-            dlq=kafka_topics.dlq,
+            topics=kafka_topics,
             consumer_id=name,
             batch_max_records="40",
             batch_max_wait_ms="20",

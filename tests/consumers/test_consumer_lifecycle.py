@@ -17,7 +17,7 @@ from core.lifecycle import State, StateError
 from devstack.postgres import PostgresCluster
 from migrations import apply_migrations
 from tests.conftest import KafkaTopics
-from tests.consumers.harness import ConsumerProcess, consumer_env, eventually, project_env
+from tests.consumers.harness import ConsumerProcess, consumer_env, eventually
 from tests.consumers.test_consumer import settings_for
 
 pytestmark = pytest.mark.integration
@@ -143,11 +143,9 @@ async def test_a_side_task_that_dies_makes_the_process_exit_non_zero(
 ) -> None:
     await _break_retention(database_url)
     env = consumer_env(
-        project_env(),
         dsn=database_url,
         bootstrap=kafka_bootstrap,
-        topic=kafka_topics.readings,
-        dlq=kafka_topics.dlq,
+        topics=kafka_topics,
         consumer_id="side-task",
     )
     proc = ConsumerProcess(env, tmp_path / "consumer.log")

@@ -24,7 +24,6 @@ from tests.consumers.harness import (
     consumer_env,
     eventually,
     produce,
-    project_env,
     read_log,
     stored_offsets,
     wait_applied,
@@ -66,11 +65,9 @@ async def run_through_fault(
     """Break the schema while the consumer applies a stream; see it stop; repair, restart, compare."""
     envelopes = make_stream(seeded(seed), devices=20, messages=3_000)
     env = consumer_env(
-        project_env(),
         dsn=consumer_dsn or dsn,
         bootstrap=kafka_bootstrap,
-        topic=topics.readings,
-        dlq=topics.dlq,
+        topics=topics,
         consumer_id="schema",
         batch_max_records="40",
         batch_max_wait_ms="20",

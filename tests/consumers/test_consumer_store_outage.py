@@ -25,7 +25,6 @@ from tests.consumers.harness import (
     consumer_env,
     eventually,
     produce,
-    project_env,
     wait_applied,
 )
 from tests.consumers.streams import make_stream, seeded
@@ -57,11 +56,9 @@ async def test_consumer_process_survives_repeated_database_shutdowns(
     await apply_migrations(dsn)
     envelopes = make_stream(rnd, devices=30, messages=20_000)
     env = consumer_env(
-        project_env(),
         dsn=dsn,
         bootstrap=kafka_bootstrap,
-        topic=kafka_topics.readings,
-        dlq=kafka_topics.dlq,
+        topics=kafka_topics,
         consumer_id="outages",
         batch_max_records="40",
         batch_max_wait_ms="20",
@@ -117,11 +114,9 @@ async def test_consumer_process_survives_its_connections_being_terminated(
     rnd = seeded(909)
     envelopes = make_stream(rnd, devices=30, messages=8_000)
     env = consumer_env(
-        project_env(),
         dsn=database_url,
         bootstrap=kafka_bootstrap,
-        topic=kafka_topics.readings,
-        dlq=kafka_topics.dlq,
+        topics=kafka_topics,
         consumer_id="terminated",
         batch_max_records="40",
         batch_max_wait_ms="20",

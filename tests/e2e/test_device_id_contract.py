@@ -19,7 +19,7 @@ from devstack.mosquitto import MosquittoBroker
 from ingest.bridge import Bridge
 from tests.api.conftest import started
 from tests.conftest import KafkaTopics
-from tests.consumers.harness import ConsumerProcess, consumer_env, project_env
+from tests.consumers.harness import ConsumerProcess, consumer_env
 from tests.ingest.support import (
     TopicReader,
     eventually,
@@ -71,11 +71,9 @@ async def test_longest_device_id_passes_every_stage_and_a_longer_one_is_refused_
 
     # Consumer and store: the envelope of the longest id is stored.
     env = consumer_env(
-        project_env(),
         dsn=database_url,
         bootstrap=kafka_bootstrap,
-        topic=kafka_topics.readings,
-        dlq=kafka_topics.dlq,
+        topics=kafka_topics,
         consumer_id="contract",
     )
     consumer = ConsumerProcess(env, tmp_path / "consumer.log")

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,6 +21,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from core.deadletter import DeadLetter, decode_dead_letter
 from core.readings import Envelope, decode_envelope
 from devstack.mosquitto import MosquittoBroker
+from devstack.process import free_port
+from devstack.tansu import TansuBroker
 from ingest.settings import BridgeSettings
 from tests.conftest import KafkaTopics
 
@@ -299,3 +302,14 @@ class TcpGate:
 
         await asyncio.gather(pipe(client_r, target_w), pipe(target_r, client_w))
         self._writers.difference_update((client_w, target_w))
+
+
+async def gated_tansu(directory: Path) -> tuple[TcpGate, TansuBroker]:
+    """Tansu started in ``directory`` and reached only through an open :class:`TcpGate` (which it
+    advertises): shutting the gate is a Kafka outage in which the broker keeps its topics and records,
+    as a real Kafka cluster does. The caller stops both."""
+    gate = TcpGate(free_port(), free_port())
+    tansu = TansuBroker(directory, gate.target_port, advertised_port=gate.listen_port)
+    tansu.start()
+    await gate.open()
+    return gate, tansu

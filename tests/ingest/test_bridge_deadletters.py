@@ -15,15 +15,20 @@ from bench.deadletters import invalid_batch
 from core.catalogue import load_catalogue
 from devstack.kafka import ensure_topics
 from devstack.mosquitto import MosquittoBroker
-from devstack.process import free_port
-from devstack.tansu import TansuBroker
 from ingest import records as ingest_records
 from ingest.bridge import Bridge
 from ingest.parse import PayloadParser
 from ingest.records import RecordMaker
 from ingest.settings import BridgeSettings
 from tests.conftest import KafkaTopics
-from tests.ingest.support import TcpGate, TopicReader, bridge_settings, eventually, publish, wired_settings
+from tests.ingest.support import (
+    TopicReader,
+    bridge_settings,
+    eventually,
+    gated_tansu,
+    publish,
+    wired_settings,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -127,10 +132,7 @@ async def test_the_byte_budget_pauses_intake_while_kafka_does_not_acknowledge(
 ) -> None:
     # Kafka behind a gate, shut: nothing is acknowledged, so unacknowledged bytes only grow until the
     # budget stops the bridge reading; the message window (1000) alone would take all of them.
-    gate = TcpGate(free_port(), free_port())
-    tansu = TansuBroker(tmp_path, gate.target_port, advertised_port=gate.listen_port)
-    tansu.start()
-    await gate.open()
+    gate, tansu = await gated_tansu(tmp_path)
     readings, dlq = f"readings.{uuid.uuid4().hex[:8]}", f"dlq.{uuid.uuid4().hex[:8]}"
     budget = 1_000_000
     settings = bridge_settings(

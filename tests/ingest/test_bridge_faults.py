@@ -16,11 +16,11 @@ from devstack.tansu import TansuBroker
 from ingest.bridge import Bridge
 from tests.conftest import KafkaTopics
 from tests.ingest.support import (
-    TcpGate,
     TopicReader,
     bridge_command,
     bridge_settings,
     eventually,
+    gated_tansu,
     publish,
     reading_msg,
 )
@@ -109,10 +109,7 @@ async def test_kafka_outage_stops_intake_reports_not_ready_and_resumes(
     # Kafka is reached through a gate, shut for the outage: the broker keeps its topics and records,
     # as a real Kafka cluster does. (Restarting Tansu instead loses them, and a producer that reconnects
     # before the test has re-created the topics gets records acknowledged by Tansu and then lost.)
-    gate = TcpGate(free_port(), free_port())
-    tansu = TansuBroker(tmp_path, gate.target_port, advertised_port=gate.listen_port)
-    tansu.start()
-    await gate.open()
+    gate, tansu = await gated_tansu(tmp_path)
     readings, dlq = f"readings.{uuid.uuid4().hex[:8]}", f"dlq.{uuid.uuid4().hex[:8]}"
     window = 50
     settings = bridge_settings(
