@@ -421,16 +421,16 @@ async def _data(
         utc(as_of, "asOf") if as_of is not None else None,
         utc(updated_after, "updatedAfter") if updated_after is not None else None,
     )
-    published = await _published(pool, view)
     bodies: ReleaseBodies = request.app.state.sdmx_release_bodies
     cache_key = None
     if view.release is not None:
-        # A release's answer never changes: the same request is served the same bytes from memory.
-        negotiated = fmt.value
-        cache_key = (request.url.path, str(request.url.query), negotiated)
+        # A release's answer never changes: the same request is served the same bytes from memory
+        # (only answers to existing releases are kept, so nothing needs to be read first).
+        cache_key = (request.url.path, str(request.url.query), fmt.value)
         kept = bodies.get(cache_key)
         if kept is not None:
             return Response(kept[0], media_type=kept[1], headers=_IMMUTABLE)
+    published = await _published(pool, view)
     snapshot = await _snapshot(request, pool)
     flows = _select(snapshot, "dataflow", ref.agency or "all", ref.id, ref.version or "latest")
     if flows and ref.version is None and published is not None and flows[0].key == snapshot.flow.key:
