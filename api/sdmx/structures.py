@@ -35,6 +35,8 @@ from pysdmx.model import (
     Schema,
 )
 
+from api.releases import PRIMARY_RULE, REVISIONS_POLICY, ROLLUPS, SECONDARY_RULE
+from api.statistics import COMPLETENESS_RULE
 from core.catalogue import Catalogue
 
 Kind = Literal["codelist", "conceptscheme", "datastructure", "dataflow"]
@@ -276,9 +278,6 @@ def dataflow_annotations() -> list[dict[str, str]]:
     as SDMX annotations of the dataflow; each release's own (source devices, coverage gaps, timeliness,
     k) is at ``/v1/statistics/releases/{n}/metadata``. Stored with the dataflow version: a changed text
     is a patch version, and an old version keeps its texts."""
-    from api.releases import PRIMARY_RULE, REVISIONS_POLICY, ROLLUPS, SECONDARY_RULE
-    from api.statistics import COMPLETENESS_RULE
-
     methods = "; ".join(f"{name}: {text}" for name, text in ROLLUPS.items())
     return [
         {"id": "NQAF_METHODS", "title": "Methods: statistics", "type": "NQAF", "text": methods},
